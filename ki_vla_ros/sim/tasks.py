@@ -1,0 +1,166 @@
+"""Language-conditioned tasks in one scene: a red and a blue cube on the ALOHA table.
+
+Every task samples the initial layout with the same sampler, so one initial image admits
+several correct behaviours; only the instruction says which cube and which arm(s).
+
+World frame: x points from the left arm (x = -0.469) to the right arm (x = +0.469), y away
+from the robot's front (the arms sit at y = 0.5), z up; the table top is at z = 0.
+"Left" / "right" always mean the robot's left / right arm side (negative / positive x).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ki_vla_ros.sim.aloha import ARM_SIDES, CUBE_COLORS, CUBE_HALF
+
+COLORS = tuple(CUBE_COLORS)
+
+#: cube centres are sampled uniformly in this box (x, y), metres
+LAYOUT_X = (-0.12, 0.12)
+LAYOUT_Y = (0.44, 0.60)
+#: the two cubes differ by at least this much in x, so "left cube" / "right cube" is unambiguous
+MIN_DX = 0.08
+
+LIFT_HEIGHT = 0.08  # cube centre above this (m) = lifted
+MOVED = 0.02  # displacement (m) that counts as "moved"
+ENGAGE = 0.04  # TCP within this distance of a cube centre = the arm went for it
+
+
+@dataclass(frozen=True)
+class Task:
+    """One instruction of the family.
+
+    kind ``pick``: ``arm`` lifts ``cube``; kind ``handover``: ``arm`` picks ``cube`` up and hands
+    it to the other arm, which ends holding it.
+    """
+
+    name: str
+    instruction: str
+    cube: str
+    arm: str
+    kind: str = "pick"
+
+    @property
+    def other_cube(self) -> str:
+        return next(c for c in COLORS if c != self.cube)
+
+    @property
+    def other_arm(self) -> str:
+        return next(a for a in ARM_SIDES if a != self.arm)
+
+    @property
+    def final_arm(self) -> str:
+        """The arm that holds the cube at the end."""
+        return self.other_arm if self.kind == "handover" else self.arm
+
+    # ------------------------------------------------------------- layout
+    @staticmethod
+    def sample_layout(rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Cube centres (x, y) per colour; identical for every task given the same rng state."""
+        while True:
+            p = {c: np.array([rng.uniform(*LAYOUT_X), rng.uniform(*LAYOUT_Y)]) for c in COLORS}
+            if abs(p["red"][0] - p["blue"][0]) >= MIN_DX:
+                return p
+
+    # ------------------------------------------------------------ outcome
+    def success(self, sim) -> bool:
+        """Target cube lifted and held by the final arm only; the other cube still on the table."""
+        z = sim.cube_position(self.cube)[2]
+        other_z = sim.cube_position(self.other_cube)[2]
+        return bool(
+            z > LIFT_HEIGHT
+            and arm_touches(sim, self.final_arm, self.cube)
+            and not arm_touches(sim, self.other_arm if self.kind == "pick" else self.arm, self.cube)
+            and other_z < CUBE_HALF + 0.01
+        )
+
+    def monitor(self, sim) -> TaskMonitor:
+        return TaskMonitor(self, sim)
+
+
+class TaskMonitor:
+    """Tracks an episode for the "instruction followed" predicate (a grasp may still fail).
+
+    Followed = the instructed arm went to the instructed cube (TCP within ``ENGAGE``), no arm went
+    to the other cube and it did not move, and (pick) the other arm did not go to the target cube,
+    or (handover) the receiving arm did.
+    """
+
+    def __init__(self, task: Task, sim):
+        self.task = task
+        self.start = {c: sim.cube_position(c) for c in COLORS}
+        self.min_dist = {(a, c): np.inf for a in ARM_SIDES for c in COLORS}
+        self.max_disp = dict.fromkeys(COLORS, 0.0)
+        self.max_z = {c: float(self.start[c][2]) for c in COLORS}
+        self.update(sim)
+
+    def update(self, sim) -> None:
+        cubes = {c: sim.cube_position(c) for c in COLORS}
+        for a in ARM_SIDES:
+            tcp = sim.tcp_position(a)
+            for c in COLORS:
+                self.min_dist[a, c] = min(self.min_dist[a, c], float(np.linalg.norm(tcp - cubes[c])))
+        for c in COLORS:
+            self.max_disp[c] = max(self.max_disp[c], float(np.linalg.norm(cubes[c] - self.start[c])))
+            self.max_z[c] = max(self.max_z[c], float(cubes[c][2]))
+
+    def engaged(self, arm: str, cube: str) -> bool:
+        return self.min_dist[arm, cube] < ENGAGE
+
+    def instruction_followed(self) -> bool:
+        t = self.task
+        ok = self.engaged(t.arm, t.cube)
+        ok &= not any(self.engaged(a, t.other_cube) for a in ARM_SIDES)
+        ok &= self.max_disp[t.other_cube] < MOVED
+        if t.kind == "pick":
+            ok &= not self.engaged(t.other_arm, t.cube)
+        else:
+            ok &= self.engaged(t.other_arm, t.cube)
+        return bool(ok)
+
+
+def arm_touches(sim, arm: str, cube: str) -> bool:
+    """True when a finger of ``arm`` is in contact with ``cube``."""
+    m, d = sim.model, sim.data
+    cube_id = m.geom(f"{cube}_cube").id
+    fingers = {
+        m.geom(f"vx300s_{arm}/10_{f}_gripper_finger").id for f in ("left", "right")
+    }
+    for i in range(d.ncon):
+        g1, g2 = d.contact[i].geom1, d.contact[i].geom2
+        if (g1 == cube_id and g2 in fingers) or (g2 == cube_id and g1 in fingers):
+            return True
+    return False
+
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task("pick_red_left", "pick up the red cube with the left arm", "red", "left"),
+        Task("pick_red_right", "pick up the red cube with the right arm", "red", "right"),
+        Task("pick_blue_left", "pick up the blue cube with the left arm", "blue", "left"),
+        Task("pick_blue_right", "pick up the blue cube with the right arm", "blue", "right"),
+        Task("handover_red_left_to_right", "hand the red cube from the left arm to the right arm",
+             "red", "left", "handover"),
+        Task("handover_blue_right_to_left", "hand the blue cube from the right arm to the left arm",
+             "blue", "right", "handover"),
+    )
+}
+TASK_NAMES = tuple(TASKS)
+INSTRUCTIONS = {t.instruction: t for t in TASKS.values()}
+
+
+def get_task(task) -> Task:
+    """Task from a :class:`Task`, a task name, an instruction string, or ``None`` (first task)."""
+    if task is None:
+        return TASKS[TASK_NAMES[0]]
+    if isinstance(task, Task):
+        return task
+    if task in TASKS:
+        return TASKS[task]
+    if task in INSTRUCTIONS:
+        return INSTRUCTIONS[task]
+    raise KeyError(f"unknown task {task!r}; known: {', '.join(TASK_NAMES)}")
