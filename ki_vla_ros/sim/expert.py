@@ -24,13 +24,16 @@ from ki_vla_ros.sim.aloha import (
 from ki_vla_ros.sim.tasks import Task, get_task
 
 
-def grasp_rotation(side: str, pitch: float) -> np.ndarray:
-    """Gripper-link orientation (3x3, columns = link axes in world) for a grasp ``pitch`` rad below
-    horizontal, approach pointing away from ``side``'s base, fingers closing along world y."""
+def grasp_rotation(side: str, pitch: float, roll: float = 0.0) -> np.ndarray:
+    """Gripper-link orientation (3x3, columns = link axes in world): approach axis pointing away
+    from ``side``'s base, ``pitch`` rad below horizontal; fingers closing along world y, turned by
+    ``roll`` rad about the approach axis (pi/2: fingers closing vertically)."""
     s = 1.0 if side == "left" else -1.0
     c, sn = np.cos(pitch), np.sin(pitch)
     x = np.array([s * c, 0.0, -sn])  # approach axis
-    y = np.array([0.0, s, 0.0])  # finger slide axis
+    y0 = np.array([0.0, s, 0.0])  # finger slide axis at roll 0
+    z0 = np.cross(x, y0)
+    y = np.cos(roll) * y0 + np.sin(roll) * z0
     return np.column_stack([x, y, np.cross(x, y)])
 
 
@@ -102,67 +105,136 @@ def _smooth(u: float) -> float:
     return u * u * (3 - 2 * u)
 
 
-# phase durations (s)
-T_REACH, T_DESCEND, T_CLOSE, T_LIFT, T_HOLD = 1.2, 0.8, 0.5, 1.0, 0.4
-PRE_GRASP_DZ = 0.10
-GRASP_DZ = -0.005
-LIFT_DZ = 0.16
-PITCH = np.deg2rad(60)
+PRE_GRASP_DZ = 0.10  # pre-grasp height above the cube centre (m)
+GRASP_DZ = -0.005  # TCP relative to the cube centre when closing
+LIFT_DZ = 0.16  # lift height (m)
+PITCH = np.deg2rad(60)  # grasp pitch below horizontal
+MEET = np.array([0.0, 0.5, 0.20])  # hand-over point (cube centre)
+MEET_BACKOFF = 0.10  # receiver approach / giver retreat distance along x (m)
 
 
-class PickPlan:
-    """Time-indexed Cartesian plan + gripper command for one arm picking up one cube."""
+class ArmScript:
+    """Timed script for one arm: joint-space blends and Cartesian TCP moves (IK per step)."""
 
-    def __init__(self, sim: AlohaSim, side: str, cube: str):
+    def __init__(self, sim: AlohaSim, side: str):
         self.side = side
         self.ik = ArmIK(sim, side)
-        self.rot = grasp_rotation(side, PITCH)
-        c = sim.cube_position(cube)
-        start, _ = self.ik.fk(HOME_ARM)
-        above = c + [0, 0, PRE_GRASP_DZ]
-        at = c + [0, 0, GRASP_DZ]
-        lifted = c + [0, 0, LIFT_DZ]
-        self.segments = [  # (duration, from, to, gripper)
-            (T_REACH, start, above, 1.0),
-            (T_DESCEND, above, at, 1.0),
-            (T_CLOSE, at, at, 0.0),
-            (T_LIFT, at, lifted, 0.0),
-            (T_HOLD, lifted, lifted, 0.0),
-        ]
-        self.duration = sum(s[0] for s in self.segments)
-        # pre-grasp pose solved once from home (many iterations: home is far from top-down);
-        # the reach is a joint-space blend home -> pre-grasp, then Cartesian IK per step
-        self.q_home = HOME_ARM.copy()
-        self.q_above = self.ik.solve(self.q_home, above, self.rot, iters=300)
-        self.q = self.q_above.copy()
+        self.q = HOME_ARM.copy()
+        self.pos, _ = self.ik.fk(self.q)
+        self.pitch, self.roll, self.grip = 0.0, 0.0, 1.0
+        self.segments: list[tuple] = []
+        self.duration = 0.0
 
-    def target(self, t: float) -> tuple[np.ndarray, float]:
+    def _add(self, seg) -> ArmScript:
+        self.segments.append(seg)
+        self.duration += seg[1]
+        return self
+
+    def wait_until(self, t: float) -> ArmScript:
+        if t > self.duration + 1e-9:
+            self._add(("hold", t - self.duration, self.grip))
+        return self
+
+    def reach(self, dur: float, pos, pitch: float, roll: float = 0.0) -> ArmScript:
+        """Joint-space blend to an IK solution (for the first, large move from home)."""
+        rot = grasp_rotation(self.side, pitch, roll)
+        q_to = self.ik.solve(self.q, np.asarray(pos, float), rot, iters=400)
+        self._add(("joint", dur, q_to, self.grip))
+        self.q, self.pos, self.pitch, self.roll = q_to, np.asarray(pos, float), pitch, roll
+        return self
+
+    def move(self, dur: float, pos=None, pitch=None, roll=None) -> ArmScript:
+        """Straight-line TCP move with the orientation blended in (pitch, roll)."""
+        pos = self.pos if pos is None else np.asarray(pos, float)
+        pitch = self.pitch if pitch is None else pitch
+        roll = self.roll if roll is None else roll
+        self._add(("cart", dur, self.pos.copy(), pos, self.pitch, pitch, self.roll, roll, self.grip))
+        # plan-time joint estimate at the end of the move (warm start for later reaches)
+        self.q = self.ik.solve(self.q, pos, grasp_rotation(self.side, pitch, roll), iters=200)
+        self.pos, self.pitch, self.roll = pos, pitch, roll
+        return self
+
+    def gripper(self, dur: float, value: float) -> ArmScript:
+        self._add(("grip", dur, self.grip, value))
+        self.grip = value
+        return self
+
+    def start(self) -> None:
+        """Reset the runtime state; call before querying :meth:`target` in increasing time."""
+        self._q = HOME_ARM.copy()
+        self._seg = -1
+        self._q0 = self._q.copy()
+
+    def target(self, t: float) -> np.ndarray:
+        """7-D command (6 joints + gripper) at time ``t`` since the start (t non-decreasing)."""
         t0 = 0.0
-        for k, (dur, a, b, g) in enumerate(self.segments):
-            if t < t0 + dur or k == len(self.segments) - 1:
-                u = _smooth((t - t0) / dur)
-                if k == 0:
-                    return (1 - u) * self.q_home + u * self.q_above, 1.0
-                pos = a + u * (b - a)
-                self.q = self.ik.solve(self.q, pos, self.rot)
-                grip = g if k != 2 else 1.0 - u
-                return self.q.copy(), grip
+        for k, seg in enumerate(self.segments):
+            kind, dur = seg[0], seg[1]
+            if t <= t0 + dur + 1e-9:
+                if k != self._seg:  # entering a new segment: remember where it starts
+                    self._seg, self._q0 = k, self._q.copy()
+                u = _smooth((t - t0) / dur) if dur > 0 else 1.0
+                if kind == "hold":
+                    return np.append(self._q, seg[2])
+                if kind == "joint":
+                    self._q = (1 - u) * self._q0 + u * seg[2]
+                    return np.append(self._q, seg[3])
+                if kind == "grip":
+                    return np.append(self._q, (1 - u) * seg[2] + u * seg[3])
+                _, _, p0, p1, pi0, pi1, r0, r1, g = seg
+                rot = grasp_rotation(self.side, (1 - u) * pi0 + u * pi1, (1 - u) * r0 + u * r1)
+                self._q = self.ik.solve(self._q, p0 + u * (p1 - p0), rot)
+                return np.append(self._q, g)
             t0 += dur
-        raise AssertionError
+        return np.append(self._q, self.grip)
+
+    def pick(self, cube_pos) -> ArmScript:
+        c = np.asarray(cube_pos, float)
+        return (
+            self.reach(1.2, c + [0, 0, PRE_GRASP_DZ], PITCH)
+            .move(0.8, c + [0, 0, GRASP_DZ])
+            .gripper(0.5, 0.0)
+            .move(1.0, c + [0, 0, LIFT_DZ])
+        )
+
+
+def plan(sim: AlohaSim, task: Task) -> tuple[ArmScript, ArmScript]:
+    """(left script, right script) for ``task`` from the sim's current state."""
+    task = get_task(task)
+    scripts = {s: ArmScript(sim, s) for s in ARM_SIDES}
+    doer = scripts[task.arm]
+    doer.pick(sim.cube_position(task.cube))
+    if task.kind == "pick":
+        doer.wait_until(doer.duration + 0.4)
+    else:
+        recv = scripts[task.other_arm]
+        s_giver = -1.0 if task.arm == "left" else 1.0  # giver's side along x
+        doer.move(1.4, MEET, pitch=0.0)
+        t_meet = doer.duration
+        # receiver: fingers closing vertically, approaching horizontally from its own side
+        recv.wait_until(t_meet - 1.4)
+        recv.reach(1.4, MEET + [-s_giver * MEET_BACKOFF, 0, 0], 0.0, roll=np.pi / 2)
+        recv.move(0.8, MEET).gripper(0.5, 0.0)
+        doer.wait_until(recv.duration).gripper(0.4, 1.0)
+        doer.move(0.8, MEET + [s_giver * MEET_BACKOFF, 0, 0.02])
+        recv.wait_until(doer.duration).move(0.6, MEET + [-s_giver * 0.05, 0, 0.02])
+        doer.wait_until(recv.duration + 0.3)
+        recv.wait_until(doer.duration)
+    end = max(sc.duration for sc in scripts.values())
+    for sc in scripts.values():
+        sc.wait_until(end)
+    return scripts["left"], scripts["right"]
 
 
 def expert_actions(sim: AlohaSim, task: Task):
     """Generator of 14-D commanded actions for ``task`` from the sim's current (reset) state."""
-    task = get_task(task)
-    home = np.concatenate([HOME_ARM, [1.0]])
-    plan = PickPlan(sim, task.arm, task.cube)
-    n = int(round(plan.duration / CONTROL_DT))
-    a_idx = ARM_SIDES.index(task.arm)
+    left, right = plan(sim, task)
+    for sc in (left, right):
+        sc.start()
+    n = int(round(left.duration / CONTROL_DT))
     for i in range(n):
-        q, g = plan.target((i + 1) * CONTROL_DT)
-        act = np.concatenate([home, home])
-        act[7 * a_idx : 7 * a_idx + 7] = np.concatenate([q, [g]])
-        yield act
+        t = (i + 1) * CONTROL_DT
+        yield np.concatenate([left.target(t), right.target(t)])
 
 
 def rollout(task, seed: int, image_size: int = 224, cameras=DEFAULT_CAMERAS, expert_task=None) -> Episode:
