@@ -1,0 +1,251 @@
+"""`KIVLA`: the knowledge-insulated vision-language-action model (π0.5-style, KI paper §3, §5, B, C).
+
+Time convention (docs/pi05-conventions): t = 1 is pure noise, t = 0 is data.
+x_t = t·noise + (1−t)·actions, target velocity u = noise − actions; training t ~ Beta(1.5, 1)·0.999
++ 0.001; sampling integrates N Euler steps from t = 1 with dt = −1/N (x ← x + dt·v).
+
+Token streams: the backbone (vision tower → projector, text embeddings ·√width, optional
+continuous-state token) processes PREFIX/TEXT/FAST tokens; the action expert processes the H
+noisy actions, conditioned on t through adaRMSNorm. They meet only in the shared attention
+(attention.py, where `config.insulate` applies the stop-gradient of eq. 5-6) under the mask of
+masks.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ki_vla_ros.model.batch import Batch
+from ki_vla_ros.model.config import ModelConfig
+from ki_vla_ros.model.masks import ACTION, FAST, PAD, PREFIX, TEXT, attention_mask
+from ki_vla_ros.model.transformer import MixtureTransformer
+from ki_vla_ros.model.vision import VisionTower
+
+EXPERT_MODULES = (
+    "transformer.expert.",
+    "transformer.expert_norm.",
+    "action_in_proj.",
+    "action_out_proj.",
+    "time_mlp_in.",
+    "time_mlp_out.",
+)
+VISION_MODULES = ("vision.", "image_proj.")
+
+
+def time_embedding(t: torch.Tensor, dim: int, min_period: float, max_period: float) -> torch.Tensor:
+    """Sinusoidal φ(t): t [B] -> [B, dim], sine half then cosine half, computed in float64."""
+    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float64, device=t.device)
+    period = min_period * (max_period / min_period) ** fraction
+    angle = t.to(torch.float64)[:, None] * (2 * math.pi / period)[None]
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1).to(torch.float32)
+
+
+def token_positions(kinds: torch.Tensor) -> torch.Tensor:
+    """RoPE positions of backbone tokens: count of valid tokens before each (first valid = 0). [B, N]."""
+    return (torch.cumsum((kinds != PAD).long(), dim=-1) - 1).clamp(min=0)
+
+
+class KIVLA(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        c = config
+        self.vision = VisionTower(c)
+        self.image_proj = nn.Linear(c.vision_width, c.width)
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.width)
+        nn.init.normal_(self.embed_tokens.weight, std=c.width**-0.5)  # unit scale after ·√width
+        self.state_proj = nn.Linear(c.state_dim, c.width) if c.state_mode == "continuous" else None
+        self.transformer = MixtureTransformer(c)
+        self.lm_head = nn.Linear(c.width, c.vocab_size, bias=False)  # untied (safetensors-friendly)
+        self.action_in_proj = nn.Linear(c.action_dim, c.expert_width)
+        self.action_out_proj = nn.Linear(c.expert_width, c.action_dim)
+        self.time_mlp_in = nn.Linear(c.expert_width, c.expert_width)
+        self.time_mlp_out = nn.Linear(c.expert_width, c.expert_width)
+
+    # ---- parameter groups -------------------------------------------------------------------
+    def param_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """{"vision": vision tower + projector, "backbone": text embeddings, state projection, backbone
+        layers, lm_head, "expert": action expert, action projections, time MLP}."""
+        groups: dict[str, list] = {"vision": [], "backbone": [], "expert": []}
+        for name, p in self.named_parameters():
+            g = (
+                "expert"
+                if name.startswith(EXPERT_MODULES)
+                else "vision"
+                if name.startswith(VISION_MODULES)
+                else "backbone"
+            )
+            groups[g].append((name, p))
+        return groups
+
+    # ---- embeddings ---------------------------------------------------------------------------
+    def embed_prefix(self, images, image_mask, tokens, token_kind, state):
+        """images [B, V, 3, S, S], image_mask [B, V], tokens/token_kind [B, L], state [B, Ds]
+        -> emb [B, V·P (+1) + L, W], kinds [B, V·P (+1) + L]. Layout: images, [state], text."""
+        b, v = image_mask.shape
+        c = self.config
+        img = self.image_proj(self.vision(images.flatten(0, 1)))  # [B·V, P, W]
+        p = img.shape[1]
+        img = img.reshape(b, v * p, c.width)  # image tokens are not scaled by √width
+        img_kind = torch.where(image_mask, PREFIX, PAD)[:, :, None].expand(b, v, p).reshape(b, v * p)
+        txt = self.embed_tokens(tokens) * math.sqrt(c.width)  # [B, L, W]
+        embs, kinds = [img], [img_kind]
+        if self.state_proj is not None:
+            embs.append(self.state_proj(state)[:, None])  # [B, 1, W]
+            kinds.append(torch.full((b, 1), PREFIX, dtype=torch.long, device=tokens.device))
+        embs.append(txt)
+        kinds.append(token_kind.long())
+        return torch.cat(embs, dim=1), torch.cat(kinds, dim=1)
+
+    def embed_actions(self, x_t: torch.Tensor, t: torch.Tensor):
+        """x_t [B, H, D], t [B] -> action tokens [B, H, We], time condition [B, We]."""
+        c = self.config
+        phi = time_embedding(t, c.expert_width, c.time_min_period, c.time_max_period)
+        cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(phi))))
+        return self.action_in_proj(x_t), cond
+
+    def _action_positions(self, kinds: torch.Tensor, horizon: int) -> torch.Tensor:
+        # actions continue after the last valid prefix token: [B, H]
+        n_prefix = (kinds == PREFIX).sum(-1, keepdim=True)
+        return n_prefix + torch.arange(horizon, device=kinds.device)
+
+    def _joint(self, emb_b, kinds_b, x_t, t):
+        """Full forward over backbone tokens and (optionally) actions. -> (h_b, velocity | None)."""
+        b = kinds_b.shape[0]
+        pos_b = token_positions(kinds_b)
+        if x_t is None:
+            h_b, _ = self.transformer(
+                emb_b, pos_b, None, None, None, attention_mask(kinds_b), self.config.insulate
+            )
+            return h_b, None
+        h = x_t.shape[1]
+        x_a, cond = self.embed_actions(x_t, t)
+        kinds = torch.cat([kinds_b, torch.full((b, h), ACTION, dtype=torch.long, device=kinds_b.device)], 1)
+        h_b, h_a = self.transformer(
+            emb_b,
+            pos_b,
+            x_a,
+            self._action_positions(kinds_b, h),
+            cond,
+            attention_mask(kinds),
+            self.config.insulate,
+        )
+        return h_b, self.action_out_proj(h_a)
+
+    # ---- training -----------------------------------------------------------------------------
+    def sample_time(self, b: int, device) -> torch.Tensor:
+        beta = torch.distributions.Beta(torch.tensor(1.5, device=device), torch.tensor(1.0, device=device))
+        return beta.sample((b,)) * 0.999 + 0.001
+
+    def compute_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Eq. 4. Returns scalar tensors:
+
+        * ``text_loss`` — mean cross-entropy over TEXT target tokens with loss_mask (0 if none);
+        * ``fast_loss`` — mean cross-entropy over FAST target tokens with loss_mask (0 if none);
+        * ``flow_loss`` — flow-matching MSE of the velocity, per example averaged over H × the
+          real action dims (action_dim_mask), then over examples with action_mask (0 if none or
+          if `config.use_flow` is off);
+        * ``loss`` = token CE (mean over all counted target tokens: TEXT, plus FAST if
+          `config.use_fast`) + alpha · flow_loss (if `config.use_flow`).
+        """
+        c = self.config
+        tokens, kind, loss_mask = batch["tokens"], batch["token_kind"].long(), batch["loss_mask"].bool()
+        emb_b, kinds_b = self.embed_prefix(batch["images"], batch["image_mask"], tokens, kind, batch["state"])
+        zero = emb_b.new_zeros(())
+        x_t = t = u = None
+        if c.use_flow:
+            actions = batch["actions"]
+            b = actions.shape[0]
+            noise = batch.get("noise")
+            noise = torch.randn_like(actions) if noise is None else noise
+            t = batch.get("time")
+            t = self.sample_time(b, actions.device) if t is None else t
+            x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
+            u = noise - actions
+        h_b, v_t = self._joint(emb_b, kinds_b, x_t, t)
+
+        # token cross-entropy: the logit at j-1 predicts token j
+        h_txt = h_b[:, -tokens.shape[1] :]  # [B, L, W]
+        tgt_kind = kind[:, 1:]
+        sel = loss_mask[:, 1:] & ((tgt_kind == TEXT) | (tgt_kind == FAST))  # [B, L-1]
+        logits = self.lm_head(h_txt[:, :-1][sel]).float()  # [M, vocab]
+        ce = F.cross_entropy(logits, tokens[:, 1:][sel], reduction="none")  # [M]
+        is_fast = (tgt_kind[sel] == FAST).float()
+        is_text = 1.0 - is_fast
+        n_text, n_fast = is_text.sum(), is_fast.sum()
+        text_loss = (ce * is_text).sum() / n_text.clamp(min=1)
+        fast_loss = (ce * is_fast).sum() / n_fast.clamp(min=1)
+        if c.use_fast:
+            ar_loss = ce.sum() / (n_text + n_fast).clamp(min=1)
+        else:
+            ar_loss = (ce * is_text).sum() / n_text.clamp(min=1)
+
+        flow_loss = zero
+        if v_t is not None:
+            dim_mask = batch["action_dim_mask"].to(v_t.dtype)  # [B, D]
+            err = (v_t - u).pow(2) * dim_mask[:, None, :]
+            per_ex = err.sum((1, 2)) / (v_t.shape[1] * dim_mask.sum(-1)).clamp(min=1)  # [B]
+            act = batch["action_mask"].to(v_t.dtype)
+            flow_loss = (per_ex * act).sum() / act.sum().clamp(min=1)
+        loss = ar_loss + c.alpha * flow_loss if c.use_flow else ar_loss
+        return {"loss": loss, "text_loss": text_loss, "fast_loss": fast_loss, "flow_loss": flow_loss}
+
+    # ---- inference (cache-friendly, export-friendly: fixed shapes, no data-dependent control flow) --
+    def prefix_cache(self, images, image_mask, tokens, token_mask, state):
+        """images [B, V, 3, S, S], image_mask [B, V] bool, tokens [B, Lt] long, token_mask [B, Lt] bool
+        (prefix tokens only, right-padded), state [B, Ds] (read in "continuous" mode only)
+        -> k, v [depth, B, Lp, kv_heads, head_dim], prefix_mask [B, Lp] bool (Lp = V·P (+1) + Lt)."""
+        kind = torch.where(token_mask, PREFIX, PAD)
+        emb, kinds = self.embed_prefix(images, image_mask, tokens, kind, state)
+        k, v = self.transformer.prefix_kv(emb, token_positions(kinds), attention_mask(kinds))
+        return k, v, kinds == PREFIX
+
+    def expert_velocity(self, k, v, prefix_mask, x_t, t):
+        """k, v [depth, B, Lp, K, hd], prefix_mask [B, Lp] bool, x_t [B, H, D], t [B]
+        -> velocity [B, H, D]."""
+        b, h = x_t.shape[:2]
+        lp = prefix_mask.shape[1]
+        prefix_kind = torch.where(prefix_mask, PREFIX, PAD)
+        kinds = torch.cat([prefix_kind, torch.full((b, h), ACTION, dtype=torch.long, device=x_t.device)], 1)
+        allowed = attention_mask(kinds)[:, lp:]  # action rows [B, H, Lp + H]
+        x_a, cond = self.embed_actions(x_t, t)
+        h_a = self.transformer.expert_over_cache(
+            k, v, x_a, self._action_positions(prefix_kind, h), cond, allowed, self.config.insulate
+        )
+        return self.action_out_proj(h_a)
+
+    @torch.no_grad()
+    def sample_actions(self, images, image_mask, tokens, token_mask, state, noise, num_steps: int = 10):
+        """Prefix once, then `num_steps` Euler steps from t = 1 (noise) to t = 0.
+        noise [B, H, D] -> actions [B, H, D]."""
+        k, v, prefix_mask = self.prefix_cache(images, image_mask, tokens, token_mask, state)
+        x, dt = noise, -1.0 / num_steps
+        for i in range(num_steps):
+            t = torch.full((noise.shape[0],), 1.0 - i / num_steps, device=noise.device)
+            x = x + dt * self.expert_velocity(k, v, prefix_mask, x, t)
+        return x
+
+    @torch.no_grad()
+    def sample_actions_uncached(
+        self, images, image_mask, tokens, token_mask, state, noise, num_steps: int = 10
+    ):
+        """Reference sampler: re-runs the whole model (vision, backbone and expert) at every step."""
+        kind = torch.where(token_mask, PREFIX, PAD)
+        x, dt = noise, -1.0 / num_steps
+        for i in range(num_steps):
+            emb, kinds = self.embed_prefix(images, image_mask, tokens, kind, state)
+            t = torch.full((noise.shape[0],), 1.0 - i / num_steps, device=noise.device)
+            x = x + dt * self._joint(emb, kinds, x, t)[1]
+        return x
+
+    @torch.no_grad()
+    def outputs(self, images, image_mask, tokens, token_kind, state, actions_t=None, t=None):
+        """Backbone logits for every text token [B, L, vocab] (and velocity if actions_t given)."""
+        emb, kinds = self.embed_prefix(images, image_mask, tokens, token_kind, state)
+        h_b, v = self._joint(emb, kinds, actions_t, t)
+        return self.lm_head(h_b[:, -tokens.shape[1] :]), v

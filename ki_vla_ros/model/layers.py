@@ -1,0 +1,104 @@
+"""Gemma-style building blocks: RMSNorm, adaRMSNorm, GeGLU MLP and a transformer block."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """Gemma RMSNorm: x / rms(x) · (1 + weight), weight zero-initialised."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * (1.0 + self.weight.float())).to(x.dtype), None
+
+
+class AdaRMSNorm(nn.Module):
+    """Adaptive RMSNorm (π0.5): one Linear of the condition gives scale, shift, gate (in that order).
+
+    out = rmsnorm(x)·(1 + scale) + shift; the gate multiplies the residual branch that follows.
+    The modulation is zero-initialised, so scale = shift = gate = 0 at init.
+    """
+
+    def __init__(self, dim: int, cond_dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.modulation = nn.Linear(cond_dim, 3 * dim)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # x [B, N, D], cond [B, C] -> y [B, N, D], gate [B, 1, D]
+        scale, shift, gate = self.modulation(cond)[:, None].chunk(3, dim=-1)
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * (1.0 + scale) + shift).to(x.dtype), gate
+
+
+class GeGLU(nn.Module):
+    def __init__(self, width: int, mlp_dim: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(width, mlp_dim, bias=False)
+        self.up_proj = nn.Linear(width, mlp_dim, bias=False)
+        self.down_proj = nn.Linear(mlp_dim, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    return x + y if gate is None else x + y * gate
+
+
+class Block(nn.Module):
+    """One transformer layer's weights for one token group (backbone or expert).
+
+    The attention itself is shared between groups (attention.shared_attention), so a block is
+    used in two halves: `qkv` before the attention and `finish` after it.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        mlp_dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        cond_dim: int | None = None,
+        eps: float = 1e-6,
+    ):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        norm = (
+            (lambda: RMSNorm(width, eps)) if cond_dim is None else (lambda: AdaRMSNorm(width, cond_dim, eps))
+        )
+        self.attn_norm = norm()
+        self.q_proj = nn.Linear(width, num_heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(width, num_kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(width, num_kv_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(num_heads * head_dim, width, bias=False)
+        self.mlp_norm = norm()
+        self.mlp = GeGLU(width, mlp_dim)
+
+    def qkv(self, x: torch.Tensor, cond: torch.Tensor | None):
+        # x [B, N, W] -> q [B, N, H, hd], k/v [B, N, K, hd], gate [B, 1, W] | None
+        b, n, _ = x.shape
+        h, gate = self.attn_norm(x, cond)
+        q = self.q_proj(h).view(b, n, self.num_heads, self.head_dim)
+        k = self.k_proj(h).view(b, n, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(h).view(b, n, self.num_kv_heads, self.head_dim)
+        return q, k, v, gate
+
+    def finish(self, x: torch.Tensor, attn: torch.Tensor, gate, cond: torch.Tensor | None) -> torch.Tensor:
+        # x [B, N, W], attn [B, N, H*hd] -> [B, N, W]
+        x = gated_residual(x, self.o_proj(attn), gate)
+        h, gate = self.mlp_norm(x, cond)
+        return gated_residual(x, self.mlp(h), gate)

@@ -1,0 +1,48 @@
+"""SigLIP-style vision tower: patch embedding, learned positions, pre-LN ViT blocks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ki_vla_ros.model.config import ModelConfig
+
+
+class VisionBlock(nn.Module):
+    def __init__(self, width: int, mlp_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width, eps=1e-6)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width, eps=1e-6)
+        self.fc1 = nn.Linear(width, mlp_dim)
+        self.fc2 = nn.Linear(mlp_dim, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, w = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v)  # [B, heads, N, w/heads]
+        x = x + self.out(a.transpose(1, 2).reshape(b, n, w))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x)), approximate="tanh"))
+
+
+class VisionTower(nn.Module):
+    """images [B, 3, S, S] in [-1, 1] -> patch features [B, P, vision_width] (P = (S/patch)²)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, cfg.vision_width, cfg.patch_size, stride=cfg.patch_size)
+        self.pos_embed = nn.Parameter(torch.randn(cfg.num_patches, cfg.vision_width) * 0.02)
+        self.blocks = nn.ModuleList(
+            VisionBlock(cfg.vision_width, cfg.vision_mlp_dim, cfg.vision_heads)
+            for _ in range(cfg.vision_depth)
+        )
+        self.norm = nn.LayerNorm(cfg.vision_width, eps=1e-6)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(images).flatten(2).transpose(1, 2) + self.pos_embed  # [B, P, Wv]
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
