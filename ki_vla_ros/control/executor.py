@@ -1,0 +1,153 @@
+"""Chunk execution for one embodiment (pure Python, no ROS): the policy node's brain for outputs.
+
+``ChunkExecutor(embodiment)`` splits an action chunk [H, action_dim] over the configured outputs,
+makes it safe (``control.chunk``), remembers what was commanded, and answers what to stream at a
+control tick and what to hold when the node stops or data goes stale. Times are seconds on the
+node's clock (sim time or wall time), passed in by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ki_vla_ros.control.chunk import (
+    JointLimits,
+    UnsafeChunkError,
+    Waypoints,
+    check_finite,
+    plan_base_chunk,
+    plan_joint_chunk,
+    stream_index,
+)
+from ki_vla_ros.embodiment import Embodiment, OutputConfig
+
+
+@dataclass
+class OutputPlan:
+    output: OutputConfig
+    # joint outputs
+    waypoints: Waypoints | None = None
+    start: np.ndarray | None = None
+    # base_twist
+    twist: np.ndarray | None = None  # [N, 2]
+    times: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+@dataclass
+class ChunkPlan:
+    """A safe chunk for every output, published at ``t_publish`` (node clock, s)."""
+
+    t_publish: float
+    outputs: dict[str, OutputPlan]
+    first_index: int
+
+
+class ChunkExecutor:
+    def __init__(self, embodiment: Embodiment):
+        self.embodiment = embodiment
+        self.dt = embodiment.dt
+        self.state_index = {name: i for i, name in enumerate(embodiment.state_names)}
+        self.limits: dict[str, JointLimits] = {}
+        for o in embodiment.outputs:
+            if o.type != "base_twist":
+                lims = [embodiment.limits.joints[j] for j in o.joints]
+                self.limits[o.name] = JointLimits.from_lists(
+                    [lim.lower for lim in lims], [lim.upper for lim in lims], [lim.velocity for lim in lims]
+                )
+        self.plan: ChunkPlan | None = None
+        # last position commanded per joint output (streamed or trajectory), for holding
+        self.last_command: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------------------------------------
+    def current_positions(self, output: OutputConfig, state: np.ndarray) -> np.ndarray:
+        return np.array([state[self.state_index[j]] for j in output.joints], np.float64)
+
+    def make_plan(
+        self, actions: np.ndarray, state: np.ndarray, elapsed: float, t_publish: float
+    ) -> ChunkPlan:
+        """Safe per-output plan for a chunk predicted ``elapsed`` s ago from ``state`` (the
+        embodiment's state vector). Raises UnsafeChunkError (the chunk must be dropped)."""
+        actions = check_finite(actions, "action chunk")
+        state = check_finite(state, "joint state")
+        if actions.ndim != 2 or actions.shape[1] != self.embodiment.action_dim:
+            raise UnsafeChunkError(
+                f"action chunk shape {actions.shape}, expected [H, {self.embodiment.action_dim}]"
+            )
+        outs: dict[str, OutputPlan] = {}
+        first = 0
+        for o in self.embodiment.outputs:
+            sl = actions[:, o.action_slice[0] : o.action_slice[1]]
+            if o.type == "base_twist":
+                lim = self.embodiment.limits.base
+                twist, times = plan_base_chunk(sl, lim.linear, lim.angular, self.dt, elapsed)
+                outs[o.name] = OutputPlan(o, twist=twist, times=times)
+            else:
+                start = self.current_positions(o, state)
+                wp = plan_joint_chunk(sl, start, self.limits[o.name], self.dt, elapsed)
+                outs[o.name] = OutputPlan(
+                    o,
+                    waypoints=wp,
+                    start=np.clip(start, self.limits[o.name].lower, self.limits[o.name].upper),
+                    times=wp.times,
+                )
+                first = wp.first_index
+        if all(len(p.times) == 0 for p in outs.values()):
+            raise UnsafeChunkError("every waypoint passed during inference")
+        return ChunkPlan(t_publish=t_publish, outputs=outs, first_index=first)
+
+    def accept(self, plan: ChunkPlan) -> None:
+        """The plan was published: it becomes the active chunk."""
+        self.plan = plan
+        for name, p in plan.outputs.items():
+            if p.waypoints is not None and p.output.type == "joint_trajectory" and len(p.waypoints):
+                # what the controller will hold at the end of the trajectory
+                self.last_command[name] = p.waypoints.positions[-1].copy()
+
+    def commanded_position(self, name: str, now: float) -> np.ndarray | None:
+        """Where the active chunk commands joint output ``name`` at ``now`` (or the last
+        command when there is no chunk)."""
+        if self.plan is not None and name in self.plan.outputs:
+            p = self.plan.outputs[name]
+            if p.waypoints is not None:
+                return p.waypoints.position_at(now - self.plan.t_publish, p.start)
+        return self.last_command.get(name)
+
+    # ------------------------------------------------------------------------------------------
+    def stream(self, now: float) -> dict[str, np.ndarray]:
+        """Commands for streamed outputs at a control tick: joint_group_position -> positions,
+        base_twist -> [linear x, angular z]. Exhausted chunks hold position / zero twist."""
+        cmds: dict[str, np.ndarray] = {}
+        for o in self.embodiment.outputs:
+            if o.type == "joint_trajectory":
+                continue
+            p = self.plan.outputs.get(o.name) if self.plan else None
+            idx = stream_index(p.times, now - self.plan.t_publish) if p is not None else None
+            if o.type == "base_twist":
+                cmds[o.name] = p.twist[idx].copy() if idx is not None else np.zeros(2)
+            else:
+                if idx is not None:
+                    self.last_command[o.name] = p.waypoints.positions[idx].copy()
+                if o.name in self.last_command:
+                    cmds[o.name] = self.last_command[o.name].copy()
+        return cmds
+
+    def hold(self, now: float) -> dict[str, np.ndarray]:
+        """Stop executing the active chunk: joint outputs keep the position commanded at ``now``,
+        the base gets zero twist. Returns the held commands per output (joint outputs that were
+        never commanded are absent)."""
+        held: dict[str, np.ndarray] = {}
+        for o in self.embodiment.outputs:
+            if o.type == "base_twist":
+                held[o.name] = np.zeros(2)
+                continue
+            pos = self.commanded_position(o.name, now)
+            if pos is not None and np.all(np.isfinite(pos)):
+                self.last_command[o.name] = pos.copy()
+                held[o.name] = pos.copy()
+        self.plan = None
+        return held
+
+
+__all__ = ["ChunkExecutor", "ChunkPlan", "OutputPlan"]

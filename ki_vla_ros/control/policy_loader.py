@@ -1,0 +1,121 @@
+"""Loading a policy for the node, `ki-vla run` and `ki-vla eval-bag` (no ROS).
+
+The default is the project's runtime: ``ki_vla_ros.runtime.Policy.load(model_dir, backend=...,
+num_steps=...)``. ``policy_class="package.module:ClassName"`` is the hook for custom policies:
+the class must offer the same ``load(model_dir, backend=..., num_steps=...)`` classmethod and an
+``infer(observation, seed=None) -> PolicyOutput`` method (see ``ki_vla_ros.runtime.types``); an
+optional ``layout`` attribute with ``camera_names``, ``state_names`` and ``action_names`` lets
+the node map cameras, state and actions by name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+
+def import_class(spec: str) -> Any:
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"policy_class '{spec}': expected 'package.module:ClassName'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"policy_class '{spec}': cannot import module '{module_name}': {exc}") from exc
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"policy_class '{spec}': module '{module_name}' has no attribute '{attr}'")
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_policy(
+    model_dir: str | Path, backend: str = "torch", num_steps: int = 10, policy_class: str = ""
+) -> Any:
+    if policy_class:
+        cls = import_class(policy_class)
+    else:
+        try:
+            from ki_vla_ros.runtime import Policy as cls
+        except ImportError as exc:
+            raise RuntimeError(
+                f"the policy runtime is not available ({exc}); set policy_class to a custom "
+                f"'module:Class' policy"
+            ) from exc
+    if not hasattr(cls, "load"):
+        raise ValueError(f"policy class {cls!r} has no load(model_dir, backend=..., num_steps=...) method")
+    return cls.load(str(model_dir), backend=backend, num_steps=num_steps)
+
+
+def policy_layout(policy: Any) -> tuple[list[str] | None, list[str] | None, list[str] | None]:
+    """(camera_names, state_names, action_names) of a policy, None where unknown."""
+    layout = getattr(policy, "layout", None)
+    if layout is None:
+        return None, None, None
+
+    def get(name):
+        value = getattr(layout, name, None)
+        if value is None and isinstance(layout, dict):
+            value = layout.get(name)
+        return list(value) if value else None
+
+    return get("camera_names"), get("state_names"), get("action_names")
+
+
+class LayoutMapper:
+    """Maps between the embodiment's order (cameras, state, actions) and the policy's, by name.
+
+    Raises ValueError at construction when the policy needs something the embodiment lacks."""
+
+    def __init__(self, embodiment, policy: Any):
+        cams, states, actions = policy_layout(policy)
+        emb_cams, emb_states, emb_actions = (
+            embodiment.camera_names,
+            embodiment.state_names,
+            embodiment.action_names,
+        )
+        if cams is not None:
+            missing = [c for c in cams if c not in emb_cams]
+            if missing:
+                raise ValueError(
+                    f"the model wants cameras {missing} that embodiment '{embodiment.name}' lacks "
+                    f"(it has {emb_cams})"
+                )
+        self.camera_names = cams if cams is not None else emb_cams
+        if states is not None:
+            missing = [s for s in states if s not in emb_states]
+            if missing:
+                raise ValueError(f"the model wants state {missing} that embodiment '{embodiment.name}' lacks")
+            self.state_index = [emb_states.index(s) for s in states]
+        else:
+            self.state_index = list(range(len(emb_states)))
+        if actions is not None:
+            missing = [a for a in emb_actions if a not in actions]
+            if missing:
+                raise ValueError(
+                    f"embodiment '{embodiment.name}' needs actions {missing} that the model does not "
+                    f"produce (it produces {actions})"
+                )
+            self.action_index = [actions.index(a) for a in emb_actions]
+        else:
+            self.action_index = None
+        self.action_dim = len(emb_actions)
+
+    def state_for_policy(self, state):
+        return state[self.state_index]
+
+    def actions_for_embodiment(self, actions):
+        import numpy as np
+
+        actions = np.asarray(actions, np.float64)
+        if actions.ndim != 2:
+            raise ValueError(f"policy actions must be [H, action_dim], got shape {actions.shape}")
+        if self.action_index is not None:
+            return actions[:, self.action_index]
+        if actions.shape[1] != self.action_dim:
+            raise ValueError(
+                f"policy produced {actions.shape[1]} actions per step, the embodiment needs {self.action_dim}"
+            )
+        return actions

@@ -1,0 +1,556 @@
+"""The policy node: cameras + joint states in, safe action chunks out, for one embodiment.
+
+Parameters (read-only after start unless noted):
+  embodiment (str)      name in config/embodiments/ or path to a YAML file [aloha_bimanual]
+  model (str)           model folder; '' = the embodiment's (relative to the package share dir)
+  backend (str)         torch | onnxruntime | tensorrt [torch]
+  policy_class (str)    '' = ki_vla_ros.runtime.Policy; 'module:Class' = custom policy hook
+  num_steps (int)       flow-matching integration steps [10]
+  instruction (str)     the language command; settable at run time, validated (not empty,
+                        at most max_instruction_chars) [""]
+  max_instruction_chars (int) [500]
+  autostart (bool)      start as soon as an instruction is set [false]
+  control_rate_hz, execute_steps, stale_timeout_s, max_inference_s: overrides of the
+                        embodiment (0 = use the embodiment's value)
+  seed (int)            sampling seed, -1 = random [-1]
+  diagnostics_period_s (float) [0.5]
+  use_sim_time (bool)   follow /clock (standard)
+
+Interfaces: the embodiment's camera / JointState subscriptions (sensor-data QoS) and outputs;
+~/start, ~/stop (std_srvs/Trigger); ~/instruction (std_msgs/String); ~/action_chunk
+(std_msgs/Float64MultiArray, dims [horizon, action], the raw chunk in embodiment order);
+/diagnostics (diagnostic_msgs/DiagnosticArray).
+
+States: idle (not started; nothing is commanded), running, holding (started, but data is stale
+or invalid, inference overran, or a chunk was unsafe: no new commands, streamed outputs hold the
+last commanded position, the base gets zero twist; resumes by itself when the cause clears).
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Twist, TwistStamped
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from ki_vla_ros.configio import ConfigError
+from ki_vla_ros.control.chunk import UnsafeChunkError, stale_sources
+from ki_vla_ros.control.executor import ChunkExecutor
+from ki_vla_ros.control.policy_loader import LayoutMapper, load_policy
+from ki_vla_ros.embodiment import Embodiment, load_embodiment, resolve_model_dir
+from ki_vla_ros.ros.conversions import (
+    chunk_to_multiarray,
+    compressed_to_rgb,
+    image_to_rgb,
+    joint_positions,
+    make_trajectory,
+    seconds_to_duration,
+)
+from ki_vla_ros.runtime.types import Observation
+
+COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def validate_instruction(text: str, max_chars: int) -> str | None:
+    """The reason an instruction is refused, or None when it is acceptable."""
+    if not isinstance(text, str):
+        return "instruction must be a string"
+    if not text.strip():
+        return "instruction must not be empty"
+    if len(text) > max_chars:
+        return f"instruction is {len(text)} characters long; at most {max_chars} are accepted"
+    if any(ord(c) < 32 and c not in "\t\n" for c in text):
+        return "instruction contains control characters"
+    return None
+
+
+@dataclass
+class _Latest:
+    msg: object = None
+    t: float | None = None  # reception time, node clock (s)
+    error: str | None = None
+    positions: np.ndarray | None = None
+
+
+class PolicyNode(Node):
+    def __init__(self, node_name: str = "policy_node", policy=None, **kwargs):
+        super().__init__(node_name, **kwargs)
+        ro = ParameterDescriptor(read_only=True)
+        self.declare_parameter("embodiment", "aloha_bimanual", ro)
+        self.declare_parameter("model", "", ro)
+        self.declare_parameter("backend", "torch", ro)
+        self.declare_parameter("policy_class", "", ro)
+        self.declare_parameter("num_steps", 10, ro)
+        self.declare_parameter("max_instruction_chars", 500, ro)
+        self.declare_parameter(
+            "instruction",
+            "",
+            ParameterDescriptor(
+                description="language command; validated: not empty, at most max_instruction_chars"
+            ),
+        )
+        self.declare_parameter("autostart", False)
+        self.declare_parameter("control_rate_hz", 0.0, ro)
+        self.declare_parameter("execute_steps", 0, ro)
+        self.declare_parameter("stale_timeout_s", 0.0)
+        self.declare_parameter("max_inference_s", 0.0)
+        self.declare_parameter("seed", -1)
+        self.declare_parameter("diagnostics_period_s", 0.5, ro)
+
+        emb = load_embodiment(self._p("embodiment"))
+        if self._p("control_rate_hz") > 0:
+            emb.control_rate_hz = float(self._p("control_rate_hz"))
+        if self._p("execute_steps") > 0:
+            emb.execute_steps = int(self._p("execute_steps"))
+        self.embodiment: Embodiment = emb
+        self.max_chars = int(self._p("max_instruction_chars"))
+        initial = self._p("instruction")
+        if initial and validate_instruction(initial, self.max_chars):
+            raise ConfigError(f"parameter 'instruction': {validate_instruction(initial, self.max_chars)}")
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        if policy is None:
+            model_dir = resolve_model_dir(self._p("model"), emb)
+            self.get_logger().info(f"loading policy from {model_dir} (backend {self._p('backend')})")
+            policy = load_policy(
+                model_dir,
+                backend=self._p("backend"),
+                num_steps=int(self._p("num_steps")),
+                policy_class=self._p("policy_class"),
+            )
+        self.policy = policy
+        self.mapper = LayoutMapper(emb, policy)
+        self.executor_ = ChunkExecutor(emb)
+
+        self._lock = threading.Lock()
+        self._cams = {c.name: _Latest() for c in emb.cameras}
+        self._states = {s.topic: _Latest() for s in emb.state}
+        self._running = False
+        self._status = "idle"
+        self._hold_reason = ""
+        self._holding = False
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._stats = {"chunks_published": 0, "chunks_rejected": 0, "overruns": 0, "holds": 0}
+        self._last_reject = ""
+        self._infer_ms = collections.deque(maxlen=200)
+        self._latency_s = collections.deque(maxlen=200)
+        self._latency_est = 0.0
+        self._last_instruction_used = ""
+        self._next_infer_t = 0.0
+
+        sensors = MutuallyExclusiveCallbackGroup()
+        control = MutuallyExclusiveCallbackGroup()
+        for cam in emb.cameras:
+            msg_type = Image if cam.message == "raw" else CompressedImage
+            self.create_subscription(
+                msg_type,
+                cam.topic,
+                self._camera_cb(cam.name),
+                qos_profile_sensor_data,
+                callback_group=sensors,
+            )
+        for src in emb.state:
+            self.create_subscription(
+                JointState,
+                src.topic,
+                self._state_cb(src.topic, src.joints),
+                qos_profile_sensor_data,
+                callback_group=sensors,
+            )
+        self._pubs = {}
+        for o in emb.outputs:
+            if o.type == "joint_trajectory":
+                self._pubs[o.name] = self.create_publisher(JointTrajectory, o.topic, COMMAND_QOS)
+            elif o.type == "joint_group_position":
+                self._pubs[o.name] = self.create_publisher(Float64MultiArray, o.topic, COMMAND_QOS)
+            else:
+                twist_type = Twist if o.twist_type == "Twist" else TwistStamped
+                self._pubs[o.name] = self.create_publisher(twist_type, o.topic, COMMAND_QOS)
+        self._chunk_pub = self.create_publisher(Float64MultiArray, "~/action_chunk", COMMAND_QOS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
+        self.create_service(Trigger, "~/start", self._on_start)
+        self.create_service(Trigger, "~/stop", self._on_stop)
+        self.create_subscription(String, "~/instruction", self._on_instruction_topic, 10)
+        self._has_streamed = any(o.type != "joint_trajectory" for o in emb.outputs)
+        self.create_timer(emb.dt, self._control_tick, callback_group=control)
+        self.create_timer(
+            float(self._p("diagnostics_period_s")), self._publish_diagnostics, callback_group=control
+        )
+
+        self._thread = threading.Thread(target=self._inference_loop, name="policy_inference", daemon=True)
+        self._thread.start()
+        self.get_logger().info(
+            f"embodiment '{emb.name}': {len(emb.cameras)} cameras, {len(emb.state_names)} joints, "
+            f"{emb.action_dim}-D actions at {emb.control_rate_hz:g} Hz; idle until an instruction and ~/start"
+        )
+        if self._p("autostart") and initial:
+            self._set_running(True)
+
+    # ---------------------------------------------------------------------------------- helpers
+    def _p(self, name):
+        return self.get_parameter(name).value
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _stale_timeout(self) -> float:
+        v = float(self._p("stale_timeout_s"))
+        return v if v > 0 else self.embodiment.safety.stale_timeout_s
+
+    def _max_inference(self) -> float:
+        v = float(self._p("max_inference_s"))
+        return v if v > 0 else self.embodiment.safety.max_inference_s
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    # -------------------------------------------------------------------------------- callbacks
+    def _camera_cb(self, name):
+        def cb(msg):
+            with self._lock:
+                latest = self._cams[name]
+                latest.msg, latest.t, latest.error = msg, self._now(), None
+
+        return cb
+
+    def _state_cb(self, topic, joints):
+        def cb(msg):
+            try:
+                pos, err = joint_positions(msg, joints), None
+            except ValueError as exc:
+                pos, err = None, str(exc)
+            with self._lock:
+                latest = self._states[topic]
+                latest.msg, latest.t, latest.error, latest.positions = msg, self._now(), err, pos
+
+        return cb
+
+    def _on_set_parameters(self, params):
+        for p in params:
+            if p.name == "instruction":
+                reason = validate_instruction(p.value, self.max_chars)
+                if reason:
+                    return SetParametersResult(successful=False, reason=reason)
+            if (
+                p.name in ("stale_timeout_s", "max_inference_s")
+                and p.type_ == Parameter.Type.DOUBLE
+                and p.value < 0
+            ):
+                return SetParametersResult(successful=False, reason=f"{p.name} must be >= 0")
+        for p in params:
+            if p.name == "instruction":
+                self.get_logger().info(f"instruction: {p.value!r}")
+                self._wake.set()
+                if self._p("autostart") and not self._running:
+                    threading.Timer(0.0, self._set_running, (True,)).start()
+        return SetParametersResult(successful=True)
+
+    def _on_instruction_topic(self, msg):
+        result = self.set_parameters([Parameter("instruction", Parameter.Type.STRING, msg.data)])[0]
+        if not result.successful:
+            self.get_logger().warning(f"instruction on ~/instruction refused: {result.reason}")
+
+    def _on_start(self, request, response):
+        if not self._p("instruction").strip():
+            response.success, response.message = (
+                False,
+                "no instruction set: set the 'instruction' parameter first",
+            )
+            return response
+        self._set_running(True)
+        response.success, response.message = True, f"started with instruction {self._p('instruction')!r}"
+        return response
+
+    def _on_stop(self, request, response):
+        was = self._running
+        self._set_running(False)
+        response.success, response.message = True, "stopped" if was else "already idle"
+        return response
+
+    def _set_running(self, on: bool) -> None:
+        with self._lock:
+            if on == self._running:
+                return
+            self._running = on
+        if on:
+            self._status, self._holding, self._hold_reason = "running", False, ""
+            self._next_infer_t = 0.0
+            self.get_logger().info("started")
+        else:
+            self._enter_hold("stopped", idle=True)
+            self.get_logger().info("stopped")
+        self._wake.set()
+
+    # ------------------------------------------------------------------------------ hold / stream
+    def _enter_hold(self, reason: str, idle: bool = False) -> None:
+        """Stop executing: joint trajectories get a one-point hold at the commanded position,
+        streamed outputs keep the last command (control tick), the base gets zero twist."""
+        first = not self._holding
+        self._holding, self._hold_reason = True, reason
+        self._status = "idle" if idle else "holding"
+        if not first:
+            return
+        self._stats["holds"] += 0 if idle else 1
+        if not idle:
+            self.get_logger().warning(f"holding: {reason}")
+        held = self.executor_.hold(self._now())
+        for o in self.embodiment.outputs:
+            if o.name not in held:
+                continue
+            if o.type == "joint_trajectory":
+                msg = make_trajectory(
+                    o.joints, held[o.name][None], np.zeros((1, len(o.joints))), np.array([self.embodiment.dt])
+                )
+                self._pubs[o.name].publish(msg)
+            elif o.type == "base_twist":
+                self._publish_twist(o, np.zeros(2))
+            else:
+                self._publish_group(o, held[o.name])
+
+    def _publish_twist(self, o, cmd) -> None:
+        cmd = np.where(np.isfinite(cmd), cmd, 0.0)
+        if o.twist_type == "Twist":
+            msg = Twist()
+            twist = msg
+        else:
+            msg = TwistStamped()
+            msg.header.stamp = self.get_clock().now().to_msg()
+            msg.header.frame_id = o.frame_id
+            twist = msg.twist
+        twist.linear.x, twist.angular.z = float(cmd[0]), float(cmd[1])
+        self._pubs[o.name].publish(msg)
+
+    def _publish_group(self, o, positions) -> None:
+        if not np.all(np.isfinite(positions)):
+            return
+        self._pubs[o.name].publish(Float64MultiArray(data=[float(v) for v in positions]))
+
+    def _control_tick(self) -> None:
+        if not self._has_streamed:
+            return
+        with self._lock:
+            running = self._running
+        if not running:
+            return
+        now = self._now()
+        if self._holding:
+            cmds = {
+                o.name: (np.zeros(2) if o.type == "base_twist" else self.executor_.last_command.get(o.name))
+                for o in self.embodiment.outputs
+                if o.type != "joint_trajectory"
+            }
+        else:
+            cmds = self.executor_.stream(now)
+        for o in self.embodiment.outputs:
+            cmd = cmds.get(o.name)
+            if cmd is None:
+                continue
+            if o.type == "base_twist":
+                self._publish_twist(o, cmd)
+            elif o.type == "joint_group_position":
+                self._publish_group(o, cmd)
+
+    # -------------------------------------------------------------------------------- inference
+    def _input_problems(self, now: float) -> list[str]:
+        timeout = self._stale_timeout()
+        problems = []
+        with self._lock:
+            cams = {f"camera {n}": v.t for n, v in self._cams.items()}
+            states = {f"joint state {t}": v.t for t, v in self._states.items()}
+            errors = [f"joint state {t}: {v.error}" for t, v in self._states.items() if v.error]
+        for name in stale_sources({**cams, **states}, now, timeout):
+            t = {**cams, **states}[name]
+            problems.append(f"{name} never received" if t is None else f"{name} stale ({now - t:.2f} s old)")
+        return problems + errors
+
+    def _snapshot(self):
+        with self._lock:
+            cams = {n: v.msg for n, v in self._cams.items()}
+            state = np.concatenate([self._states[s.topic].positions for s in self.embodiment.state])
+        images = {}
+        kinds = {c.name: c.message for c in self.embodiment.cameras}
+        for name in self.mapper.camera_names:
+            msg = cams[name]
+            images[name] = image_to_rgb(msg) if kinds[name] == "raw" else compressed_to_rgb(msg)
+        return images, state
+
+    def _inference_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._inference_step()
+            except Exception as exc:  # noqa: BLE001 - keep the node alive, report and hold
+                self.get_logger().error(f"inference step failed: {type(exc).__name__}: {exc}")
+                self._stats["chunks_rejected"] += 1
+                self._last_reject = f"{type(exc).__name__}: {exc}"
+                if self._running:
+                    self._enter_hold(f"error: {exc}")
+                self._stopping.wait(0.1)
+
+    def _inference_step(self) -> None:
+        if not self._running:
+            self._wake.wait(0.05)
+            self._wake.clear()
+            return
+        now = self._now()
+        problems = self._input_problems(now)
+        if problems:
+            self._enter_hold("; ".join(problems))
+            self._stopping.wait(0.01)
+            return
+        if now < self._next_infer_t and not self._holding:
+            self._stopping.wait(min(0.005, max(0.0, self._next_infer_t - now)))
+            return
+        instruction = self._p("instruction")
+        images, state = self._snapshot()
+        if not np.all(np.isfinite(state)):  # joint_positions already refuses these; belt and braces
+            self._enter_hold("joint state not finite")
+            return
+        obs = Observation(images=images, state=self.mapper.state_for_policy(state), instruction=instruction)
+        seed = int(self._p("seed"))
+        t_obs, wall0 = self._now(), time.perf_counter()
+        out = self.policy.infer(obs, seed=None if seed < 0 else seed)
+        infer_ms = (time.perf_counter() - wall0) * 1000.0
+        t_done = self._now()
+        elapsed = max(0.0, t_done - t_obs)
+        self._infer_ms.append(infer_ms)
+        self._latency_s.append(elapsed)
+        if not self._running:
+            return
+        if elapsed > self._max_inference():
+            self._stats["overruns"] += 1
+            self._enter_hold(
+                f"inference overran: {elapsed * 1000:.0f} ms > {self._max_inference() * 1000:.0f} ms"
+            )
+            return
+        problems = self._input_problems(t_done)
+        if problems:
+            self._enter_hold("; ".join(problems))
+            return
+        try:
+            actions = self.mapper.actions_for_embodiment(out.actions)
+            self._chunk_pub.publish(
+                chunk_to_multiarray(np.nan_to_num(actions, nan=0.0, posinf=0.0, neginf=0.0))
+            )
+            plan = self.executor_.make_plan(actions, state, elapsed, t_done)
+        except (UnsafeChunkError, ValueError) as exc:
+            self._stats["chunks_rejected"] += 1
+            self._last_reject = str(exc)
+            self._enter_hold(f"chunk rejected: {exc}")
+            return
+        with self._lock:
+            if not self._running:
+                return
+            for name, p in plan.outputs.items():
+                if p.output.type == "joint_trajectory":
+                    wp = p.waypoints
+                    # header.stamp zero: "start now" (the times are already re-based to now)
+                    self._pubs[name].publish(
+                        make_trajectory(p.output.joints, wp.positions, wp.velocities, wp.times)
+                    )
+            self.executor_.accept(plan)
+        self._stats["chunks_published"] += 1
+        self._last_instruction_used = instruction
+        if self._holding:
+            self.get_logger().info("fresh data: resuming")
+        self._holding, self._hold_reason, self._status = False, "", "running"
+        self._latency_est = 0.7 * self._latency_est + 0.3 * elapsed if self._latency_est else elapsed
+        executed = max(1, self.embodiment.execute_steps - plan.first_index)
+        self._next_infer_t = t_obs + (plan.first_index + executed) * self.embodiment.dt - self._latency_est
+
+    # ------------------------------------------------------------------------------- diagnostics
+    def _publish_diagnostics(self) -> None:
+        now = self._now()
+        st = DiagnosticStatus()
+        st.name = f"{self.get_fully_qualified_name()}: policy"
+        st.hardware_id = self.embodiment.name
+        status = self._status
+        st.level = DiagnosticStatus.WARN if status == "holding" else DiagnosticStatus.OK
+        st.message = status + (f": {self._hold_reason}" if status == "holding" and self._hold_reason else "")
+        infer = np.array(self._infer_ms) if self._infer_ms else np.zeros(1)
+        lat = np.array(self._latency_s) * 1000 if self._latency_s else np.zeros(1)
+        values = {
+            "state": status,
+            "hold_reason": self._hold_reason if status == "holding" else "",
+            "embodiment": self.embodiment.name,
+            "instruction": self._p("instruction"),
+            "last_chunk_instruction": self._last_instruction_used,
+            "inference_ms_last": f"{infer[-1]:.1f}",
+            "inference_ms_p50": f"{np.percentile(infer, 50):.1f}",
+            "inference_ms_p95": f"{np.percentile(infer, 95):.1f}",
+            "latency_ms_last": f"{lat[-1]:.1f}",
+            "chunks_published": str(self._stats["chunks_published"]),
+            "chunks_rejected": str(self._stats["chunks_rejected"]),
+            "overruns": str(self._stats["overruns"]),
+            "holds": str(self._stats["holds"]),
+            "last_reject_reason": self._last_reject,
+        }
+        with self._lock:
+            for n, v in self._cams.items():
+                values[f"age_ms camera {n}"] = "never" if v.t is None else f"{(now - v.t) * 1000:.0f}"
+            for t, v in self._states.items():
+                values[f"age_ms joint state {t}"] = "never" if v.t is None else f"{(now - v.t) * 1000:.0f}"
+        st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [st]
+        self._diag_pub.publish(arr)
+
+    # ---------------------------------------------------------------------------------- shutdown
+    def shutdown(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)
+
+
+def spin_node(node: Node, num_threads: int = 4) -> None:
+    executor = MultiThreadedExecutor(num_threads=num_threads)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown(timeout_sec=2.0)
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        try:
+            node = PolicyNode()
+        except (ConfigError, ValueError, RuntimeError, OSError) as exc:
+            print(f"policy_node: cannot start: {exc}", file=sys.stderr)
+            return 1
+        spin_node(node)
+        return 0
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+__all__ = ["PolicyNode", "main", "spin_node", "validate_instruction", "seconds_to_duration"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Helpers for the ROS tests: a scripted test policy, process management, an observer node.
+
+`ScriptedPolicy` is loadable by the policy node process through its `policy_class` parameter
+(`ros_helpers:ScriptedPolicy`, with this folder on PYTHONPATH): the same hook a user's custom
+policy class uses. Nothing here is imported by the package itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+# ------------------------------------------------------------------------------- test policy
+
+
+class ScriptedPolicy:
+    """A deterministic stand-in for a VLA policy (same interface as ki_vla_ros.runtime.Policy).
+
+    From the current state it predicts a 50-step chunk where joint 0 moves +0.04 per step
+    (2 rad/s at 50 Hz), joint 1 aims far beyond any limit (5.0, so the node must clamp), and
+    the grippers (joints 6 and 13 when present) go to 1.0 for an instruction containing "open",
+    0.0 for "close", else 0.5. An instruction containing "nan" yields NaN in the chunk (the node
+    must refuse it). Sleeps SCRIPTED_POLICY_DELAY_S (default 0.03 s) to simulate inference."""
+
+    action_horizon = 50
+    layout = None
+
+    def __init__(self, model_dir: str = ""):
+        self.model_dir = model_dir
+        self.calls = 0
+
+    @classmethod
+    def load(cls, model_dir, backend="torch", num_steps=10):
+        return cls(str(model_dir))
+
+    def infer(self, obs, seed=None):
+        from ki_vla_ros.runtime.types import PolicyOutput
+
+        t0 = time.perf_counter()
+        time.sleep(float(os.environ.get("SCRIPTED_POLICY_DELAY_S", "0.03")))
+        for name, img in obs.images.items():
+            assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3, (name, img.shape)
+        state = np.asarray(obs.state, np.float64)
+        assert np.all(np.isfinite(state)), "the node passed a non-finite state to the policy"
+        h = self.action_horizon
+        actions = np.tile(state, (h, 1))
+        actions[:, 0] = state[0] + 0.04 * (np.arange(h) + 1)
+        if state.size > 1:
+            actions[:, 1] = 5.0
+        text = obs.instruction.lower()
+        grip = 1.0 if "open" in text else 0.0 if "close" in text else 0.5
+        for j in (6, 13):
+            if j < state.size:
+                actions[:, j] = grip
+        if "nan" in text:
+            actions[3, 2] = np.nan
+        self.calls += 1
+        return PolicyOutput(actions=actions, timings_ms={"total": (time.perf_counter() - t0) * 1000})
+
+
+# ----------------------------------------------------------------------------- environment
+
+_domains = itertools.count()
+
+
+def ros_environment(tmp_dir: Path) -> dict[str, str]:
+    """Set (in os.environ) and return a full environment for this process and its children:
+    LOCALHOST discovery, a ROS_DOMAIN_ID of its own (a range apart from conftest's), ROS_HOME
+    in `tmp_dir`, this folder and the repository on PYTHONPATH."""
+    domain = 102 + (os.getpid() % 6) * 20 + next(_domains) % 20
+    env = {
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+        "ROS_DOMAIN_ID": str(domain),
+        "ROS_HOME": str(tmp_dir / "ros_home"),
+        "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
+    }
+    os.environ.update(env)
+    full = dict(os.environ)
+    full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), str(HERE), full.get("PYTHONPATH", "")]))
+    full["PYTHONUNBUFFERED"] = "1"
+    return full
+
+
+class Proc:
+    """A child process with its output in a log file; stopped with SIGINT, then killed."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, stdin: bool = False):
+        self.log_path = log
+        self._log = open(log, "w")  # noqa: SIM115
+        self.popen = subprocess.Popen(
+            args, env=env, stdout=self._log, stderr=subprocess.STDOUT, text=True,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, cwd=str(REPO),
+        )
+
+    def send(self, line: str) -> None:
+        self.popen.stdin.write(line + "\n")
+        self.popen.stdin.flush()
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def tail(self, n: int = 3000) -> str:
+        return f"--- {self.log_path.name} ---\n" + self.output()[-n:]
+
+    def stop(self, timeout: float = 8.0) -> int | None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._log.close()
+        return self.popen.returncode
+
+
+def policy_node_cmd(*params: str, embodiment: str = "aloha_bimanual", policy_class="ros_helpers:ScriptedPolicy"):
+    """Command line for a policy node process (`python -m ki_vla_ros.ros.policy_node`)."""
+    args = [sys.executable, "-m", "ki_vla_ros.ros.policy_node", "--ros-args",
+            "-p", f"embodiment:={embodiment}", "-p", f"policy_class:={policy_class}"]
+    for p in params:
+        args += ["-p", p]
+    return args
+
+
+def stand_in_cmd(*extra: str, embodiment: str = "aloha_bimanual"):
+    return [sys.executable, "-m", "ki_vla_ros.ros.camera_publisher", "--embodiment", embodiment,
+            "--image-size", "96", "128", "--stdin", *extra]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+# ------------------------------------------------------------------------------- observer
+
+class Observer:
+    """An rclpy node in the test process, spun in a background thread: records messages,
+    calls services and sets parameters of the node under test."""
+
+    def __init__(self, name: str = "test_observer"):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        rclpy.init()
+        self.rclpy = rclpy
+        self.node = rclpy.create_node(name)
+        self.lock = threading.Lock()
+        self.messages: dict[str, list] = {}
+        self.stamps: dict[str, list[float]] = {}
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self):
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001 - shutdown
+            pass
+
+    def subscribe(self, msg_type, topic: str, qos=10) -> None:
+        self.messages.setdefault(topic, [])
+        self.stamps.setdefault(topic, [])
+
+        def cb(msg):
+            with self.lock:
+                self.messages[topic].append(msg)
+                self.stamps[topic].append(time.monotonic())
+        self.node.create_subscription(msg_type, topic, cb, qos)
+
+    def received(self, topic: str, since: float = 0.0) -> list:
+        with self.lock:
+            return [m for m, t in zip(self.messages[topic], self.stamps[topic]) if t >= since]
+
+    def call(self, srv_type, name: str, request=None, timeout: float = 10.0):
+        client = self.node.create_client(srv_type, name)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout):
+                raise TimeoutError(f"service {name} not available after {timeout} s")
+            future = client.call_async(request if request is not None else srv_type.Request())
+            if not wait_until(future.done, timeout):
+                raise TimeoutError(f"service {name} did not answer within {timeout} s")
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def set_parameter(self, node_name: str, name: str, value):
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        req = SetParameters.Request()
+        req.parameters = [Parameter(name, value=value).to_parameter_msg()]
+        return self.call(SetParameters, f"{node_name}/set_parameters", req).results[0]
+
+    def get_parameter(self, node_name: str, name: str):
+        from rcl_interfaces.srv import GetParameters
+        from rclpy.parameter import parameter_value_to_python
+
+        req = GetParameters.Request(names=[name])
+        return parameter_value_to_python(self.call(GetParameters, f"{node_name}/get_parameters", req).values[0])
+
+    def latest_diagnostics(self, topic: str = "/diagnostics", node_name: str = "policy_node") -> dict | None:
+        msgs = self.received(topic)
+        for arr in reversed(msgs):
+            for st in arr.status:
+                if node_name in st.name:
+                    values = {kv.key: kv.value for kv in st.values}
+                    values["_level"] = int.from_bytes(st.level, "little") if isinstance(st.level, bytes) else st.level
+                    values["_message"] = st.message
+                    return values
+        return None
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.thread.join(timeout=5.0)
+        self.node.destroy_node()
+        self.rclpy.try_shutdown()
