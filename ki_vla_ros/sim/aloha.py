@@ -167,12 +167,10 @@ class AlohaSim:
         self._arm_dadr = np.array(
             [m.joint(f"vx300s_{s}/{j}").dofadr[0] for s in ARM_SIDES for j in ARM_JOINTS]
         ).reshape(2, 6)
-        self._finger_qadr = np.array(
-            [[m.joint(f"vx300s_{s}/{f}").qposadr[0] for f in ("left_finger", "right_finger")] for s in ARM_SIDES]
-        )
-        self._finger_dadr = np.array(
-            [[m.joint(f"vx300s_{s}/{f}").dofadr[0] for f in ("left_finger", "right_finger")] for s in ARM_SIDES]
-        )
+        fingers = ("left_finger", "right_finger")
+        fjoints = [[m.joint(f"vx300s_{s}/{f}") for f in fingers] for s in ARM_SIDES]
+        self._finger_qadr = np.array([[j.qposadr[0] for j in js] for js in fjoints])
+        self._finger_dadr = np.array([[j.dofadr[0] for j in js] for js in fjoints])
         act_joint = [m.joint(m.actuator_trnid[i, 0]).name for i in range(m.nu)]
         self._act_arm = np.array(
             [act_joint.index(f"vx300s_{s}/{j}") for s in ARM_SIDES for j in ARM_JOINTS]
