@@ -99,8 +99,13 @@ class Proc:
         self.log_path = log
         self._log = open(log, "w")  # noqa: SIM115
         self.popen = subprocess.Popen(
-            args, env=env, stdout=self._log, stderr=subprocess.STDOUT, text=True,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, cwd=str(REPO),
+            args,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            cwd=str(REPO),
         )
 
     def send(self, line: str) -> None:
@@ -126,18 +131,38 @@ class Proc:
         return self.popen.returncode
 
 
-def policy_node_cmd(*params: str, embodiment: str = "aloha_bimanual", policy_class="ros_helpers:ScriptedPolicy"):
+def policy_node_cmd(
+    *params: str, embodiment: str = "aloha_bimanual", policy_class="ros_helpers:ScriptedPolicy"
+):
     """Command line for a policy node process (`python -m ki_vla_ros.ros.policy_node`)."""
-    args = [sys.executable, "-m", "ki_vla_ros.ros.policy_node", "--ros-args",
-            "-p", f"embodiment:={embodiment}", "-p", f"policy_class:={policy_class}"]
+    args = [
+        sys.executable,
+        "-m",
+        "ki_vla_ros.ros.policy_node",
+        "--ros-args",
+        "-p",
+        f"embodiment:={embodiment}",
+        "-p",
+        f"policy_class:={policy_class}",
+    ]
     for p in params:
         args += ["-p", p]
     return args
 
 
 def stand_in_cmd(*extra: str, embodiment: str = "aloha_bimanual"):
-    return [sys.executable, "-m", "ki_vla_ros.ros.camera_publisher", "--embodiment", embodiment,
-            "--image-size", "96", "128", "--stdin", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "ki_vla_ros.ros.camera_publisher",
+        "--embodiment",
+        embodiment,
+        "--image-size",
+        "96",
+        "128",
+        "--stdin",
+        *extra,
+    ]
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
@@ -150,6 +175,7 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
 
 
 # ------------------------------------------------------------------------------- observer
+
 
 class Observer:
     """An rclpy node in the test process, spun in a background thread: records messages,
@@ -184,6 +210,7 @@ class Observer:
             with self.lock:
                 self.messages[topic].append(msg)
                 self.stamps[topic].append(time.monotonic())
+
         self.node.create_subscription(msg_type, topic, cb, qos)
 
     def received(self, topic: str, since: float = 0.0) -> list:
@@ -215,7 +242,9 @@ class Observer:
         from rclpy.parameter import parameter_value_to_python
 
         req = GetParameters.Request(names=[name])
-        return parameter_value_to_python(self.call(GetParameters, f"{node_name}/get_parameters", req).values[0])
+        return parameter_value_to_python(
+            self.call(GetParameters, f"{node_name}/get_parameters", req).values[0]
+        )
 
     def latest_diagnostics(self, topic: str = "/diagnostics", node_name: str = "policy_node") -> dict | None:
         msgs = self.received(topic)
@@ -223,7 +252,9 @@ class Observer:
             for st in arr.status:
                 if node_name in st.name:
                     values = {kv.key: kv.value for kv in st.values}
-                    values["_level"] = int.from_bytes(st.level, "little") if isinstance(st.level, bytes) else st.level
+                    values["_level"] = (
+                        int.from_bytes(st.level, "little") if isinstance(st.level, bytes) else st.level
+                    )
                     values["_message"] = st.message
                     return values
         return None

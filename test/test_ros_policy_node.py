@@ -1,0 +1,194 @@
+"""The policy node over real DDS: a robot stand-in process publishes cameras and joint states,
+the node runs in another process, this test process commands it and watches its outputs.
+
+One node and one stand-in serve the whole module (start-up and discovery take seconds); the
+tests run in file order and each leaves the node stopped or running as the next one expects.
+"""
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from std_msgs.msg import Float64MultiArray, String  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory  # noqa: E402
+
+from ki_vla_ros.embodiment import load_embodiment  # noqa: E402
+from ros_helpers import Observer, Proc, policy_node_cmd, ros_environment, stand_in_cmd, wait_until  # noqa: E402
+
+pytestmark = [pytest.mark.dds, pytest.mark.slow]
+
+NODE = "/policy_node"
+LEFT = "/left_arm_controller/joint_trajectory"
+RIGHT = "/right_arm_controller/joint_trajectory"
+EMB = load_embodiment("aloha_bimanual")
+
+
+class Rig:
+    def __init__(self, tmp):
+        self.env = ros_environment(tmp)
+        self.standin = Proc(stand_in_cmd(), self.env, tmp / "standin.log", stdin=True)
+        self.node = Proc(policy_node_cmd("stale_timeout_s:=0.4"), self.env, tmp / "node.log")
+        self.obs = Observer()
+        for topic in (LEFT, RIGHT):
+            self.obs.subscribe(JointTrajectory, topic)
+        self.obs.subscribe(DiagnosticArray, "/diagnostics")
+        self.obs.subscribe(Float64MultiArray, f"{NODE}/action_chunk")
+        self.instr_pub = self.obs.node.create_publisher(String, f"{NODE}/instruction", 10)
+
+    def logs(self) -> str:
+        return self.node.tail() + "\n" + self.standin.tail(1000)
+
+    def chunks(self, topic=LEFT, since=0.0):
+        """Trajectories of a real chunk (more than one point; a hold is a single point)."""
+        return [m for m in self.obs.received(topic, since) if len(m.points) > 1]
+
+    def diag(self):
+        return self.obs.latest_diagnostics() or {}
+
+    def close(self):
+        self.obs.close()
+        codes = (self.node.stop(), self.standin.stop())
+        return codes
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory):
+    r = Rig(tmp_path_factory.mktemp("ros_policy_node"))
+    try:
+        ok = wait_until(lambda: r.obs.node.count_publishers(LEFT) > 0 and r.diag(), 30.0)
+        assert ok, "policy node not discovered\n" + r.logs()
+        yield r
+    finally:
+        codes = r.close()
+    assert codes[0] == 0, "policy node did not exit cleanly on SIGINT\n" + r.node.tail()
+
+
+def _assert_safe(msg):
+    assert msg.joint_names
+    for pt in msg.points:
+        assert all(math.isfinite(v) for v in pt.positions) and all(math.isfinite(v) for v in pt.velocities)
+        for name, v in zip(msg.joint_names, pt.positions):
+            lim = EMB.limits.joints[name]
+            assert lim.lower - 1e-9 <= v <= lim.upper + 1e-9, (name, v)
+
+
+def test_starts_idle_and_start_needs_an_instruction(rig):
+    time.sleep(1.0)  # the node has seen cameras and joint states by now
+    assert rig.chunks(LEFT) == [] and rig.obs.received(RIGHT) == [], "the node moved the robot while idle"
+    assert rig.diag()["state"] == "idle"
+    res = rig.obs.call(Trigger, f"{NODE}/start")
+    assert not res.success and "instruction" in res.message
+    time.sleep(0.5)
+    assert rig.chunks(LEFT) == []
+
+
+def test_instruction_parameter_is_validated(rig):
+    res = rig.obs.set_parameter(NODE, "instruction", "")
+    assert not res.successful and "empty" in res.reason
+    res = rig.obs.set_parameter(NODE, "instruction", "x" * 501)
+    assert not res.successful and "501" in res.reason
+    res = rig.obs.set_parameter(NODE, "instruction", "open the grippers")
+    assert res.successful, res.reason
+    assert rig.obs.get_parameter(NODE, "instruction") == "open the grippers"
+    # a bad instruction on the topic is refused as well
+    rig.instr_pub.publish(String(data="   "))
+    time.sleep(0.5)
+    assert rig.obs.get_parameter(NODE, "instruction") == "open the grippers"
+    res = rig.obs.set_parameter(NODE, "embodiment", "mobile_aloha")
+    assert not res.successful  # read-only
+
+
+def test_start_sends_safe_trajectories_with_configured_joints(rig):
+    t0 = time.monotonic()
+    res = rig.obs.call(Trigger, f"{NODE}/start")
+    assert res.success, res.message
+    assert wait_until(lambda: len(rig.chunks(LEFT, t0)) >= 3 and len(rig.chunks(RIGHT, t0)) >= 3, 10.0), rig.logs()
+    left, right = rig.chunks(LEFT, t0)[-1], rig.chunks(RIGHT, t0)[-1]
+    assert left.joint_names == list(EMB.outputs[0].joints)
+    assert right.joint_names == list(EMB.outputs[1].joints)
+    for msg in rig.chunks(LEFT, t0) + rig.chunks(RIGHT, t0):
+        _assert_safe(msg)
+        tfs = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
+        assert tfs[0] > 0 and all(b > a for a, b in zip(tfs, tfs[1:])), tfs
+        assert len(msg.points[0].velocities) == len(msg.joint_names)
+    # the scripted policy aims the shoulder at 5.0 rad: clamped to the 1.26 limit, velocity-limited
+    shoulder = [p.positions[1] for p in left.points]
+    assert max(shoulder) <= 1.26 + 1e-9
+    steps = np.diff(shoulder)
+    assert np.all(np.abs(steps) <= 3.0 * 0.02 + 1e-6)
+    assert left.points[-1].positions[6] == pytest.approx(1.0)  # "open" -> gripper 1
+    chunk = rig.obs.received(f"{NODE}/action_chunk")[-1]
+    assert [d.label for d in chunk.layout.dim] == ["horizon", "action"] and chunk.layout.dim[1].size == 14
+    assert rig.diag()["state"] == "running"
+
+
+def test_instruction_change_takes_effect(rig):
+    res = rig.obs.set_parameter(NODE, "instruction", "close the grippers")
+    assert res.successful, res.reason
+    t0 = time.monotonic()
+
+    def closed():
+        msgs = rig.chunks(RIGHT, t0)
+        return msgs and msgs[-1].points[-1].positions[6] == pytest.approx(0.0)
+
+    assert wait_until(closed, 5.0), rig.logs()
+    assert wait_until(lambda: rig.diag().get("last_chunk_instruction") == "close the grippers", 3.0)
+    rig.instr_pub.publish(String(data="open the grippers again"))
+    t1 = time.monotonic()
+    assert wait_until(lambda: (m := rig.chunks(LEFT, t1)) and m[-1].points[-1].positions[6] == 1.0, 5.0)
+
+
+def test_stale_camera_stops_commands_reports_and_resumes(rig):
+    rig.standin.send("camera cam_left_wrist off")
+    assert wait_until(lambda: rig.diag().get("state") == "holding", 5.0), rig.logs()
+    d = rig.diag()
+    assert "cam_left_wrist" in d["hold_reason"] and d["_level"] == 1, d
+    t_hold = time.monotonic()
+    time.sleep(1.5)
+    late = rig.chunks(LEFT, t_hold + 0.3) + rig.chunks(RIGHT, t_hold + 0.3)
+    assert late == [], f"{len(late)} new chunks while a camera was stale"
+    holds = [m for m in rig.obs.received(LEFT, t_hold - 1.0) if len(m.points) == 1]
+    assert holds, "no hold trajectory was sent"
+    _assert_safe(holds[-1])
+    rig.standin.send("camera cam_left_wrist on")
+    t_on = time.monotonic()
+    assert wait_until(lambda: len(rig.chunks(LEFT, t_on)) >= 2, 5.0), rig.logs()
+    assert rig.diag()["state"] == "running"
+
+
+def test_nan_joint_state_is_never_acted_on(rig):
+    rig.standin.send("nan on")
+    assert wait_until(lambda: rig.diag().get("state") == "holding", 5.0), rig.logs()
+    assert "nan" in rig.diag()["hold_reason"].lower()
+    t_nan = time.monotonic()
+    time.sleep(1.5)
+    assert rig.chunks(LEFT, t_nan + 0.3) == [] and rig.chunks(RIGHT, t_nan + 0.3) == []
+    rig.standin.send("nan off")
+    t_ok = time.monotonic()
+    assert wait_until(lambda: len(rig.chunks(LEFT, t_ok)) >= 2, 5.0), rig.logs()
+    assert "non-finite state" not in rig.node.output()  # the policy never saw a NaN state
+
+
+def test_nan_chunk_is_refused_and_never_published(rig):
+    before = int(rig.diag()["chunks_rejected"])
+    res = rig.obs.set_parameter(NODE, "instruction", "nan please")
+    assert res.successful
+    assert wait_until(lambda: int(rig.diag().get("chunks_rejected", 0)) > before, 5.0), rig.logs()
+    assert "NaN" in rig.diag()["last_reject_reason"]
+    for msg in rig.obs.received(LEFT) + rig.obs.received(RIGHT):
+        _assert_safe(msg)
+    rig.obs.set_parameter(NODE, "instruction", "open the grippers")
+
+
+def test_stop_returns_to_idle(rig):
+    res = rig.obs.call(Trigger, f"{NODE}/stop")
+    assert res.success
+    t_stop = time.monotonic()
+    assert wait_until(lambda: rig.diag().get("state") == "idle", 3.0)
+    time.sleep(1.0)
+    assert rig.chunks(LEFT, t_stop + 0.3) == []
