@@ -1,0 +1,165 @@
+"""ONNX export of the two halves of inference, with shapes fixed per embodiment.
+
+1. ``prefix.onnx`` — the prefix encoder: images, image mask, prompt token ids, token mask and
+   state -> per-layer keys and values of the backbone and the prefix mask. Runs once per
+   observation.
+2. ``flow_loop.onnx`` — the action expert's whole N-step Euler integration, unrolled: initial
+   noise, K/V cache and prefix mask -> action chunk (normalised). One engine call per chunk.
+3. ``expert_step.onnx`` — a single velocity evaluation (x_t, t, cache -> v), for debugging.
+
+The graphs are traced from the model's own `prefix_cache` and `flow_from_cache` /
+`expert_velocity`, so ONNX and torch share one definition of the flow step. Precision variants
+(fp16 / bf16, for TensorRT's strongly typed builds) cast the weights and keep fp32 inputs and
+outputs at the graph boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ki_vla_ros.model import KIVLA
+
+PREFIX_INPUTS = ["images", "image_mask", "tokens", "token_mask", "state"]
+PREFIX_OUTPUTS = ["k", "v", "prefix_mask"]
+FLOW_INPUTS = ["k", "v", "prefix_mask", "noise"]
+FLOW_OUTPUTS = ["actions"]
+STEP_INPUTS = ["k", "v", "prefix_mask", "x_t", "t"]
+STEP_OUTPUTS = ["velocity"]
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class ExportSpec:
+    """The fixed shapes an export was made for (stored as onnx/export.json)."""
+
+    num_cameras: int
+    image_size: int
+    prompt_tokens: int  # token budget of the text prompt (instruction + state)
+    state_dim: int
+    action_horizon: int
+    action_dim: int
+    num_steps: int
+    prefix_len: int  # keys/values per layer the prefix leaves
+    depth: int
+    num_kv_heads: int
+    head_dim: int
+    weights_sha256: str  # the weights the files were exported from; a mismatch means stale files
+    precisions: list[str]
+
+    def file(self, part: str, precision: str = "fp32") -> str:
+        suffix = "" if precision == "fp32" else f".{precision}"
+        return {"prefix": f"prefix{suffix}.onnx", "flow": f"flow_loop{suffix}.onnx",
+                "step": f"expert_step{suffix}.onnx"}[part]
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> ExportSpec:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as exc:
+            raise ValueError(f"{path}: not a valid export description ({exc})") from None
+
+
+class PrefixEncoder(nn.Module):
+    def __init__(self, model: KIVLA, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, images, image_mask, tokens, token_mask, state):
+        k, v, prefix_mask = self.model.prefix_cache(images.to(self.dtype), image_mask, tokens, token_mask,
+                                                    state.to(self.dtype))
+        return k.float(), v.float(), prefix_mask
+
+
+class FlowLoop(nn.Module):
+    def __init__(self, model: KIVLA, num_steps: int, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.num_steps, self.dtype = model, num_steps, dtype
+
+    def forward(self, k, v, prefix_mask, noise):
+        x = self.model.flow_from_cache(k.to(self.dtype), v.to(self.dtype), prefix_mask, noise.to(self.dtype),
+                                       self.num_steps)
+        return x.float()
+
+
+class ExpertStep(nn.Module):
+    def __init__(self, model: KIVLA, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, k, v, prefix_mask, x_t, t):
+        d = self.dtype
+        return self.model.expert_velocity(k.to(d), v.to(d), prefix_mask, x_t.to(d), t.to(d)).float()
+
+
+def example_inputs(model: KIVLA, num_cameras: int, prompt_tokens: int) -> tuple[torch.Tensor, ...]:
+    c = model.config
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(1, num_cameras, 3, c.image_size, c.image_size, generator=gen) * 2 - 1
+    image_mask = torch.ones(1, num_cameras, dtype=torch.bool)
+    tokens = torch.randint(1, c.text_vocab_limit, (1, prompt_tokens), generator=gen)
+    token_mask = torch.arange(prompt_tokens)[None] < max(1, prompt_tokens // 2)
+    state = torch.rand(1, c.state_dim, generator=gen) * 2 - 1
+    return images, image_mask, tokens, token_mask, state
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about python floats in the unrolled loop
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                          opset_version=18, dynamo=False, do_constant_folding=True)
+
+
+@torch.no_grad()
+def export_onnx(model: KIVLA, out_dir: Path, num_cameras: int, prompt_tokens: int, num_steps: int,
+                weights_sha256: str, precisions: tuple[str, ...] = ("fp32",)) -> ExportSpec:
+    """Write prefix / flow-loop / expert-step ONNX files (per precision) and export.json into
+    `out_dir`. Files are written under temporary names and renamed once all are complete."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    c = model.config
+    args = example_inputs(model, num_cameras, prompt_tokens)
+    k, v, prefix_mask = model.prefix_cache(*args)
+    noise = torch.randn(1, c.action_horizon, c.action_dim, generator=torch.Generator().manual_seed(1))
+    t = torch.full((1,), 0.5)
+    spec = ExportSpec(
+        num_cameras=num_cameras, image_size=c.image_size, prompt_tokens=prompt_tokens, state_dim=c.state_dim,
+        action_horizon=c.action_horizon, action_dim=c.action_dim, num_steps=num_steps,
+        prefix_len=int(prefix_mask.shape[1]), depth=c.depth, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
+        weights_sha256=weights_sha256, precisions=list(precisions),
+    )
+    written = []
+    for precision in precisions:
+        if precision not in _DTYPES:
+            raise ValueError(f"precision must be one of {sorted(_DTYPES)}, got {precision!r}")
+        dtype = _DTYPES[precision]
+        cast = model if dtype == torch.float32 else _cast_copy(model, dtype)
+        jobs = [
+            ("prefix", PrefixEncoder(cast, dtype), args, PREFIX_INPUTS, PREFIX_OUTPUTS),
+            ("flow", FlowLoop(cast, num_steps, dtype), (k, v, prefix_mask, noise), FLOW_INPUTS, FLOW_OUTPUTS),
+            ("step", ExpertStep(cast, dtype), (k, v, prefix_mask, noise, t), STEP_INPUTS, STEP_OUTPUTS),
+        ]
+        for part, module, inputs, in_names, out_names in jobs:
+            final = out_dir / spec.file(part, precision)
+            tmp = final.with_name(".tmp." + final.name)
+            _export(module, inputs, tmp, in_names, out_names)
+            written.append((tmp, final))
+    for tmp, final in written:
+        tmp.replace(final)
+    spec.save(out_dir / "export.json")
+    return spec
+
+
+def _cast_copy(model: KIVLA, dtype: torch.dtype) -> KIVLA:
+    import copy
+
+    return copy.deepcopy(model).to(dtype)

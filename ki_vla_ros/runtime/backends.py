@@ -1,0 +1,143 @@
+"""Inference backends behind one interface: the prefix pass once, then the whole flow loop.
+
+    cache = backend.prefix(images, image_mask, tokens, token_mask, state)   # once per observation
+    actions = backend.flow(cache, noise)                                    # N Euler steps
+
+Inputs are numpy arrays with a batch dimension of 1 (float32 images [1, V, 3, S, S], bool
+image_mask [1, V], int64 tokens [1, Lt], bool token_mask [1, Lt], float32 state [1, Ds],
+float32 noise [1, H, D]); `flow` returns float32 [1, H, D] normalised actions. The cache is
+opaque and stays where the backend computes (CPU tensors, ONNX Runtime arrays, CUDA buffers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ki_vla_ros.export.onnx_export import FLOW_INPUTS, PREFIX_INPUTS, ExportSpec
+from ki_vla_ros.model import KIVLA
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot run with this model folder here; the message says why."""
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, model: KIVLA, num_steps: int, device: str = "cpu", compile: bool = False):
+        self.model = model.to(device).eval()
+        self.device, self.num_steps = torch.device(device), num_steps
+        self._prefix = self.model.prefix_cache
+        self._flow = self.model.flow_from_cache
+        if compile:
+            self._prefix = torch.compile(self._prefix)
+            self._flow = torch.compile(self._flow)
+
+    @torch.no_grad()
+    def prefix(self, images, image_mask, tokens, token_mask, state) -> Any:
+        args = [torch.as_tensor(a).to(self.device) for a in (images, image_mask, tokens, token_mask, state)]
+        return self._prefix(*args)
+
+    @torch.no_grad()
+    def flow(self, cache, noise: np.ndarray) -> np.ndarray:
+        k, v, prefix_mask = cache
+        x = self._flow(k, v, prefix_mask, torch.as_tensor(noise).to(self.device), self.num_steps)
+        return x.float().cpu().numpy()
+
+
+def _check_export(onnx_dir: Path, weights_sha256: str, num_steps: int) -> ExportSpec:
+    spec_path = onnx_dir / "export.json"
+    if not spec_path.is_file():
+        raise BackendError(f"{spec_path}: missing; export the model first (`ki-vla export --model DIR`)")
+    spec = ExportSpec.load(spec_path)
+    if spec.weights_sha256 != weights_sha256:
+        raise BackendError(f"{onnx_dir}: the ONNX files were exported from other weights; "
+                           "re-export with `ki-vla export --model DIR`")
+    if spec.num_steps != num_steps:
+        raise BackendError(f"{onnx_dir}: the flow loop was exported with {spec.num_steps} steps, "
+                           f"{num_steps} were asked for; re-export with --num-steps {num_steps}")
+    return spec
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, onnx_dir: Path, weights_sha256: str, num_steps: int, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendError(f"backend 'onnxruntime' needs the onnxruntime package: {exc}") from None
+        self.spec = _check_export(onnx_dir, weights_sha256, num_steps)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        self.providers = providers
+        self.prefix_session = ort.InferenceSession(str(onnx_dir / self.spec.file("prefix")), options,
+                                                   providers=providers)
+        self.flow_session = ort.InferenceSession(str(onnx_dir / self.spec.file("flow")), options,
+                                                 providers=providers)
+        # inputs the graph does not read (e.g. `state` outside "continuous" state mode) are pruned
+        self._prefix_inputs = {i.name for i in self.prefix_session.get_inputs()}
+
+    def prefix(self, images, image_mask, tokens, token_mask, state) -> Any:
+        feeds = dict(zip(PREFIX_INPUTS, (images, image_mask, tokens, token_mask, state)))
+        return self.prefix_session.run(None, {k: v for k, v in feeds.items() if k in self._prefix_inputs})
+
+    def flow(self, cache, noise: np.ndarray) -> np.ndarray:
+        k, v, prefix_mask = cache
+        feeds = dict(zip(FLOW_INPUTS, (k, v, prefix_mask, noise.astype(np.float32))))
+        return self.flow_session.run(None, feeds)[0]
+
+
+class TensorRTBackend:
+    name = "tensorrt"
+
+    def __init__(self, onnx_dir: Path, weights_sha256: str, num_steps: int, precision: str = "auto"):
+        from ki_vla_ros.runtime import tensorrt_engine as te
+
+        try:
+            te.require_tensorrt()
+        except te.TensorRTUnavailable as exc:
+            raise BackendError(str(exc)) from None
+        self.spec = _check_export(onnx_dir, weights_sha256, num_steps)
+        self.precision = te.pick_precision(precision)
+        if self.precision not in self.spec.precisions:
+            raise BackendError(f"{onnx_dir}: no {self.precision} ONNX export (have {self.spec.precisions}); "
+                               f"run `ki-vla export --model DIR --precision {self.precision}`")
+        cache_dir = te.engine_dir(onnx_dir, self.precision)
+        timing_cache = onnx_dir / "engines" / "timing.cache"
+        s = self.spec
+        shapes = {
+            "images": (1, s.num_cameras, 3, s.image_size, s.image_size), "image_mask": (1, s.num_cameras),
+            "tokens": (1, s.prompt_tokens), "token_mask": (1, s.prompt_tokens), "state": (1, s.state_dim),
+            "k": (s.depth, 1, s.prefix_len, s.num_kv_heads, s.head_dim),
+            "v": (s.depth, 1, s.prefix_len, s.num_kv_heads, s.head_dim),
+            "prefix_mask": (1, s.prefix_len), "noise": (1, s.action_horizon, s.action_dim),
+        }
+        engines = {}
+        for part in ("prefix", "flow"):
+            onnx_file = onnx_dir / s.file(part, self.precision)
+            engine_file = cache_dir / (onnx_file.stem + ".engine")
+            if not engine_file.is_file():
+                te.build_engine(onnx_file, engine_file, shapes, timing_cache)
+            engines[part] = te.TrtEngine(engine_file)
+        self.prefix_engine, self.flow_engine = engines["prefix"], engines["flow"]
+
+    def prefix(self, images, image_mask, tokens, token_mask, state) -> Any:
+        out = self.prefix_engine(images=images, image_mask=image_mask, tokens=tokens, token_mask=token_mask,
+                                 state=state)
+        return out["k"].clone(), out["v"].clone(), out["prefix_mask"].clone()  # the cache stays on the GPU
+
+    def flow(self, cache, noise: np.ndarray) -> np.ndarray:
+        k, v, prefix_mask = cache
+        out = self.flow_engine(k=k, v=v, prefix_mask=prefix_mask, noise=noise)
+        return out["actions"].float().cpu().numpy()

@@ -1,0 +1,68 @@
+"""A complete model folder with untrained (random) weights, for a given layout.
+
+For commissioning a robot before a trained model exists (the node runs, every topic and safety
+path works, the arm moves only within limits) and for tests. The tokenizers are fitted on the
+given instructions and on smooth random chunks; normalisation statistics come from the limits.
+`ki-vla init-model OUT --preset tiny --embodiment aloha_bimanual` calls this.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ki_vla_ros.model import KIVLA, ModelConfig
+from ki_vla_ros.normalize import NormStats, QuantileStats
+from ki_vla_ros.runtime.model_dir import Layout, save_model_dir
+from ki_vla_ros.tokenize.fast import FastTokenizer
+from ki_vla_ros.tokenize.text import TextTokenizer
+
+DEFAULT_INSTRUCTIONS = ("pick up the red cube", "pick up the blue cube", "hand the cube over", "stop")
+
+
+def smooth_chunks(n: int, horizon: int, dim: int, seed: int) -> np.ndarray:
+    """n smooth random chunks [n, H, D] in about [-1, 1] (sums of a few low-frequency cosines)."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, horizon)[None, :, None]
+    out = np.zeros((n, horizon, dim))
+    for k in range(3):
+        amp = rng.uniform(-0.5, 0.5, (n, 1, dim)) / (k + 1)
+        out += amp * np.cos(math.pi * k * t + rng.uniform(0, math.pi, (n, 1, dim)))
+    return out.clip(-1, 1)
+
+
+def _pad8(n: int) -> int:
+    return max(8, -(-n // 8) * 8)
+
+
+def init_model_dir(out: str | Path, layout: Layout, preset: str = "tiny", seed: int = 0,
+                   instructions: tuple[str, ...] = DEFAULT_INSTRUCTIONS,
+                   state_range: tuple[np.ndarray, np.ndarray] | None = None,
+                   action_range: tuple[np.ndarray, np.ndarray] | None = None, **overrides) -> Path:
+    """Write a random-weight model folder for `layout`. `state_range` / `action_range` are the
+    (low, high) per dimension used as normalisation statistics (default [-1, 1])."""
+    ns, na = len(layout.state_names), len(layout.action_names)
+    overrides.setdefault("state_dim", max(ModelConfig.preset(preset).state_dim, _pad8(ns)))
+    overrides.setdefault("action_dim", max(ModelConfig.preset(preset).action_dim, _pad8(na)))
+    # text state: about two tokens per dimension plus the instruction
+    overrides.setdefault("max_prefix_tokens", max(ModelConfig.preset(preset).max_prefix_tokens, 2 * ns + 32))
+    config = ModelConfig.preset(preset, **overrides)
+    torch.manual_seed(seed)
+    model = KIVLA(config)
+
+    numbers = " ".join(str(b) for b in range(config.state_bins))
+    texts = [f"Task: {i}, State: {numbers};\n" for i in instructions] * 4
+    text_tok = TextTokenizer.train(texts, vocab_size=min(512, config.text_vocab_limit))
+    fast = FastTokenizer(vocab_size=min(config.num_fast_tokens, 256)).fit(
+        list(smooth_chunks(64, config.action_horizon, na, seed)))
+
+    def stats(rng, n):
+        low, high = (np.full(n, -1.0), np.full(n, 1.0)) if rng is None else map(np.asarray, rng)
+        return QuantileStats(np.asarray(low, np.float64), np.asarray(high, np.float64))
+
+    norm = NormStats(stats(state_range, ns), stats(action_range, na))
+    notes = {"weights": f"random (seed {seed}), untrained: for commissioning and tests only"}
+    return save_model_dir(out, model, layout, text_tok, fast, norm, recipe="ki", notes=notes)

@@ -1,0 +1,129 @@
+"""`Policy`: a model folder ready to act. One observation in, one action chunk (robot units) out.
+
+    policy = Policy.load("models/aloha_sim_ki", backend="onnxruntime")
+    out = policy.infer(Observation(images={...}, state=q, instruction="pick up the red cube"), seed=0)
+    out.actions        # float64 [H, action_dim] in robot units
+    out.timings_ms     # preprocess, prefix, flow, postprocess, total
+
+The backbone runs once per observation (the prefix pass leaves per-layer K/V); the action expert
+then integrates the flow over that cache (`num_steps` Euler steps from t = 1, noise, to t = 0).
+Noise comes from a numpy generator seeded per call (`seed`) or owned by the policy (`rng_seed`),
+so runs can be reproduced; `noise=` overrides it exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ki_vla_ros.runtime.backends import (
+    BACKENDS,
+    BackendError,
+    OnnxRuntimeBackend,
+    TensorRTBackend,
+    TorchBackend,
+)
+from ki_vla_ros.runtime.model_dir import Layout, ModelBundle, load_model_dir
+from ki_vla_ros.runtime.preprocess import images_to_model
+from ki_vla_ros.runtime.types import Observation, PolicyOutput
+from ki_vla_ros.tokenize.prompt import PromptBuilder
+
+
+class Policy:
+    def __init__(self, bundle: ModelBundle, backend, num_steps: int, rng_seed: int | None = None):
+        self.bundle, self.backend, self.num_steps = bundle, backend, num_steps
+        self.config = bundle.config
+        self.prompt = PromptBuilder(bundle.text_tokenizer, bundle.config)
+        self.rng = np.random.default_rng(rng_seed)
+        spec = getattr(backend, "spec", None)
+        self.prompt_tokens = spec.prompt_tokens if spec else self.config.max_prefix_tokens
+        if spec and spec.num_cameras != len(self.layout.camera_names):
+            raise BackendError(f"the ONNX export has {spec.num_cameras} cameras, the layout "
+                               f"{len(self.layout.camera_names)}; re-export")
+
+    @classmethod
+    def load(cls, model_dir: str | Path, backend: str = "torch", num_steps: int | None = None,
+             device: str = "cpu", compile: bool = False, precision: str = "auto",
+             threads: int | None = None, rng_seed: int | None = None) -> Policy:
+        bundle = load_model_dir(model_dir, device="cpu")
+        steps = num_steps or bundle.manifest.num_flow_steps
+        if backend == "torch":
+            impl = TorchBackend(bundle.model, steps, device=device, compile=compile)
+        elif backend == "onnxruntime":
+            impl = OnnxRuntimeBackend(bundle.path / "onnx", bundle.weights_sha256, steps, threads=threads)
+        elif backend == "tensorrt":
+            impl = TensorRTBackend(bundle.path / "onnx", bundle.weights_sha256, steps, precision=precision)
+        else:
+            raise BackendError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+        return cls(bundle, impl, steps, rng_seed)
+
+    # ---- what the model expects --------------------------------------------------------------
+    @property
+    def layout(self) -> Layout:
+        return self.bundle.layout
+
+    @property
+    def action_horizon(self) -> int:
+        return self.config.action_horizon
+
+    @property
+    def control_rate_hz(self) -> float:
+        return self.layout.control_rate_hz
+
+    # ---- inference -----------------------------------------------------------------------------
+    def model_inputs(self, obs: Observation) -> tuple[np.ndarray, ...]:
+        """Observation -> (images, image_mask, tokens, token_mask, state), batch of 1, as the
+        backends take them. Raises ValueError on a state of the wrong size or with NaN/inf."""
+        c, layout = self.config, self.layout
+        state = np.asarray(obs.state, np.float64)
+        if state.shape != (len(layout.state_names),):
+            raise ValueError(f"state has shape {state.shape}, the model needs ({len(layout.state_names)},) "
+                             f"in the order {layout.state_names}")
+        if not np.isfinite(state).all():
+            raise ValueError(f"state contains NaN or inf: {state.tolist()}")
+        if not obs.instruction or not obs.instruction.strip():
+            raise ValueError("the instruction is empty")
+        unknown = set(obs.images) - set(layout.camera_names)
+        if unknown:
+            raise ValueError(f"unknown cameras {sorted(unknown)}; the model knows {layout.camera_names}")
+        pixels, image_mask = images_to_model(obs.images, layout.camera_names, c.image_size)
+        norm_state = self.bundle.norm_stats.state.normalize(state)
+        tokens, token_mask = self.prompt.inference_prefix(obs.instruction, norm_state, pad_to=self.prompt_tokens)
+        padded_state = np.zeros(c.state_dim, np.float32)
+        padded_state[: len(norm_state)] = norm_state
+        return (pixels[None], image_mask[None], tokens[None], token_mask[None], padded_state[None])
+
+    def draw_noise(self, seed: int | None = None) -> np.ndarray:
+        rng = np.random.default_rng(seed) if seed is not None else self.rng
+        c = self.config
+        return rng.standard_normal((1, c.action_horizon, c.action_dim)).astype(np.float32)
+
+    def infer(self, obs: Observation, seed: int | None = None, noise: np.ndarray | None = None) -> PolicyOutput:
+        t0 = time.perf_counter()
+        inputs = self.model_inputs(obs)
+        noise = self.draw_noise(seed) if noise is None else np.asarray(noise, np.float32).reshape(
+            1, self.config.action_horizon, self.config.action_dim)
+        t1 = time.perf_counter()
+        cache = self.backend.prefix(*inputs)
+        _sync(cache)
+        t2 = time.perf_counter()
+        actions_norm = self.backend.flow(cache, noise)[0]
+        t3 = time.perf_counter()
+        n = len(self.layout.action_names)
+        actions = self.bundle.norm_stats.actions.denormalize(actions_norm[:, :n].astype(np.float64))
+        if not np.isfinite(actions).all():
+            raise FloatingPointError("the model produced NaN or inf actions; refusing to return them")
+        t4 = time.perf_counter()
+        timings = {"preprocess": t1 - t0, "prefix": t2 - t1, "flow": t3 - t2, "postprocess": t4 - t3,
+                   "total": t4 - t0}
+        return PolicyOutput(actions, {k: v * 1e3 for k, v in timings.items()})
+
+
+def _sync(cache) -> None:
+    """Wait for asynchronous GPU work so stage timings are honest."""
+    first = cache[0] if isinstance(cache, (tuple, list)) else cache
+    if isinstance(first, torch.Tensor) and first.is_cuda:
+        torch.cuda.synchronize(first.device)
