@@ -113,7 +113,8 @@ class Proc:
         self.popen.stdin.flush()
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
     def tail(self, n: int = 3000) -> str:
@@ -131,9 +132,7 @@ class Proc:
         return self.popen.returncode
 
 
-def policy_node_cmd(
-    *params: str, embodiment: str = "aloha_bimanual", policy_class="ros_helpers:ScriptedPolicy"
-):
+def policy_node_cmd(*params: str, embodiment: str = "aloha_bimanual", policy_class="ros_helpers:ScriptedPolicy"):
     """Command line for a policy node process (`python -m ki_vla_ros.ros.policy_node`)."""
     args = [
         sys.executable,
@@ -242,9 +241,7 @@ class Observer:
         from rclpy.parameter import parameter_value_to_python
 
         req = GetParameters.Request(names=[name])
-        return parameter_value_to_python(
-            self.call(GetParameters, f"{node_name}/get_parameters", req).values[0]
-        )
+        return parameter_value_to_python(self.call(GetParameters, f"{node_name}/get_parameters", req).values[0])
 
     def latest_diagnostics(self, topic: str = "/diagnostics", node_name: str = "policy_node") -> dict | None:
         msgs = self.received(topic)
@@ -252,9 +249,7 @@ class Observer:
             for st in arr.status:
                 if node_name in st.name:
                     values = {kv.key: kv.value for kv in st.values}
-                    values["_level"] = (
-                        int.from_bytes(st.level, "little") if isinstance(st.level, bytes) else st.level
-                    )
+                    values["_level"] = int.from_bytes(st.level, "little") if isinstance(st.level, bytes) else st.level
                     values["_message"] = st.message
                     return values
         return None
@@ -264,3 +259,30 @@ class Observer:
         self.thread.join(timeout=5.0)
         self.node.destroy_node()
         self.rclpy.try_shutdown()
+
+
+# ---------------------------------------------------------------------------------- launch
+
+
+def run_launch_file(path: str, **launch_args: str) -> int:
+    """Run a launch file like `ros2 launch` does (LaunchService + IncludeLaunchDescription) until
+    SIGINT; print every started process's exit code as 'EXIT name code'. Meant to be run in a
+    child process: python -c 'import ros_helpers; ros_helpers.run_launch_file(...)'."""
+    from launch.actions import IncludeLaunchDescription, RegisterEventHandler
+    from launch.event_handlers import OnProcessExit
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+    import launch
+
+    def on_exit(event, context):
+        print(f"EXIT {event.action.name} {event.returncode}", flush=True)
+
+    ld = launch.LaunchDescription(
+        [
+            RegisterEventHandler(OnProcessExit(on_exit=on_exit)),
+            IncludeLaunchDescription(PythonLaunchDescriptionSource(path), launch_arguments=list(launch_args.items())),
+        ]
+    )
+    service = launch.LaunchService()
+    service.include_launch_description(ld)
+    return service.run()

@@ -189,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():  # an invalid context after SIGINT is a normal shutdown
+            raise
     finally:
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()

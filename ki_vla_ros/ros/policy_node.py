@@ -528,6 +528,11 @@ def spin_node(node: Node, num_threads: int = 4) -> None:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # SIGINT / SIGTERM shut the context down; the executor may notice it as an invalid
+        # context rather than ExternalShutdownException. Anything else is a real error.
+        if rclpy.ok():
+            raise
     finally:
         executor.shutdown(timeout_sec=2.0)
 
