@@ -224,9 +224,14 @@ class KIVLA(nn.Module):
         """Prefix once, then `num_steps` Euler steps from t = 1 (noise) to t = 0.
         noise [B, H, D] -> actions [B, H, D]."""
         k, v, prefix_mask = self.prefix_cache(images, image_mask, tokens, token_mask, state)
+        return self.flow_from_cache(k, v, prefix_mask, noise, num_steps)
+
+    def flow_from_cache(self, k, v, prefix_mask, noise, num_steps: int = 10):
+        """The flow step: `num_steps` Euler steps over the prefix cache, t = 1 (noise) -> 0 (data).
+        noise [B, H, D] -> actions [B, H, D] (normalised). Export traces this loop unrolled."""
         x, dt = noise, -1.0 / num_steps
         for i in range(num_steps):
-            t = torch.full((noise.shape[0],), 1.0 - i / num_steps, device=noise.device)
+            t = torch.full((noise.shape[0],), 1.0 - i / num_steps, dtype=noise.dtype, device=noise.device)
             x = x + dt * self.expert_velocity(k, v, prefix_mask, x, t)
         return x
 

@@ -2,7 +2,8 @@
 
 Every token of the joint sequence has a kind:
 
-* ``PAD``    — padding (a missing camera view, text padding): sees nothing, seen by nothing;
+* ``PAD``    — padding (a missing camera view, text padding): seen by nothing; sees only itself
+  (so its row is never empty and nothing leaks into it);
 * ``PREFIX`` — images, instruction, state: bidirectional among themselves;
 * ``TEXT``   — language targets (e.g. a VLM answer): causal over the prefix and earlier targets;
 * ``FAST``   — discrete action targets: causal over the prefix and earlier targets;
@@ -24,16 +25,17 @@ BACKBONE_KINDS = (PREFIX, TEXT, FAST)
 def attention_mask(kinds: torch.Tensor) -> torch.Tensor:
     """kinds [B, N] (int) -> allowed [B, N_query, N_key] bool, True where the query may attend.
 
-    Order along N matters only among targets (causal by index). Fully masked rows (PAD queries)
-    are left all False; the attention uses a large finite negative so they stay finite.
+    Order along N matters only among targets (causal by index). A PAD query sees only itself.
     """
     n = kinds.shape[1]
     q, k = kinds[:, :, None], kinds[:, None, :]  # [B, N, 1], [B, 1, N]
     q_valid = q != PAD
     q_target = (q == TEXT) | (q == FAST)
     k_target = (k == TEXT) | (k == FAST)
-    causal = torch.ones(n, n, dtype=torch.bool, device=kinds.device).tril()  # key index <= query index
+    idx = torch.arange(n, device=kinds.device)  # index comparisons, not tril/eye: exports to plain ONNX ops
+    causal = idx[None, :] <= idx[:, None]  # key index <= query index
     sees_prefix = q_valid & (k == PREFIX)
     sees_targets = q_target & k_target & causal
     sees_actions = (q == ACTION) & (k == ACTION)
-    return sees_prefix | sees_targets | sees_actions
+    pad_self = (q == PAD) & (idx[None, :] == idx[:, None])
+    return sees_prefix | sees_targets | sees_actions | pad_self

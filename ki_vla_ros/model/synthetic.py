@@ -70,3 +70,13 @@ def synthetic_batch(
         noise=torch.randn(b, h, d, generator=g),
         time=torch.rand(b, generator=g) * 0.98 + 0.01,
     )
+
+
+def open_gates(model, seed: int = 0, std: float = 0.3) -> None:
+    """Randomise the adaRMSNorm modulations (scale/shift/gate), as after some training. At init the
+    zero gates make the expert's residual branches (hence its attention to the prefix) vanish."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "modulation" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * std)

@@ -1,0 +1,95 @@
+"""The appendix-B attention mask: against a hand-written reference, and through model outputs."""
+
+import torch
+
+from ki_vla_ros.model import ACTION, FAST, KIVLA, PAD, PREFIX, TEXT, ModelConfig, attention_mask
+from ki_vla_ros.model.synthetic import open_gates, synthetic_batch
+
+
+def test_mask_matches_hand_written_reference():
+    kinds = torch.tensor([[PREFIX, PAD, PREFIX, TEXT, FAST, FAST, PAD, ACTION, ACTION]])
+    P, T, F, A, _ = 1, 1, 1, 1, 0  # noqa: N806 (readability of the table)
+    # rows: query; columns: key — order as in `kinds`
+    ref = torch.tensor([
+        # P  pad P  T  F  F  pad A  A
+        [P, 0, P, 0, 0, 0, 0, 0, 0],  # prefix: bidirectional over prefix only
+        [0, 1, 0, 0, 0, 0, 0, 0, 0],  # pad sees only itself
+        [P, 0, P, 0, 0, 0, 0, 0, 0],
+        [P, 0, P, T, 0, 0, 0, 0, 0],  # text target: prefix + itself (causal)
+        [P, 0, P, T, F, 0, 0, 0, 0],  # FAST: prefix + earlier targets
+        [P, 0, P, T, F, F, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 1, 0, 0],
+        [P, 0, P, 0, 0, 0, 0, A, A],  # actions: prefix + all actions, never targets
+        [P, 0, P, 0, 0, 0, 0, A, A],
+    ], dtype=torch.bool)
+    assert torch.equal(attention_mask(kinds)[0], ref)
+
+
+def _setup(state_mode="text"):
+    torch.manual_seed(1)
+    cfg = ModelConfig.preset("tiny", state_mode=state_mode)
+    model = KIVLA(cfg).eval()
+    open_gates(model)
+    batch = synthetic_batch(cfg, batch_size=4, mix="both")
+    return model, batch
+
+
+def _run(model, batch, tokens=None, x_t=None, images=None):
+    return model.outputs(batch["images"] if images is None else images, batch["image_mask"],
+                         batch["tokens"] if tokens is None else tokens, batch["token_kind"], batch["state"],
+                         batch["noise"] if x_t is None else x_t, batch["time"])
+
+
+def test_changing_actions_changes_no_backbone_logit():
+    model, batch = _setup()
+    logits, v = _run(model, batch)
+    logits2, v2 = _run(model, batch, x_t=batch["noise"] + torch.randn_like(batch["noise"]))
+    assert torch.equal(logits, logits2)
+    assert not torch.allclose(v, v2)  # the expert does see its own input (the test can fail)
+
+
+def test_changing_fast_and_text_targets_changes_no_action_output():
+    model, batch = _setup()
+    kind = batch["token_kind"]
+    logits, v = _run(model, batch)
+    tokens = batch["tokens"].clone()
+    target = (kind == FAST) | (kind == TEXT)
+    tokens[target] = torch.randint(3, 200, (int(target.sum()),))
+    logits2, v2 = _run(model, batch, tokens=tokens)
+    torch.testing.assert_close(v, v2, rtol=0, atol=1e-6)
+    # control: the targets did change later logits, and a prefix change reaches the expert
+    assert not torch.allclose(logits, logits2)
+    tokens3 = batch["tokens"].clone()
+    tokens3[:, 2] = (tokens3[:, 2] + 7) % 200 + 3
+    assert not torch.allclose(v, _run(model, batch, tokens=tokens3)[1])
+
+
+def test_targets_are_causal_and_prefix_is_bidirectional():
+    model, batch = _setup()
+    logits, _ = _run(model, batch)
+    first_fast = int((batch["token_kind"][0] == FAST).nonzero()[0])
+    tokens = batch["tokens"].clone()
+    tokens[0, first_fast + 2] = (tokens[0, first_fast + 2] + 1 - 3) % 100 + 3
+    logits2, _ = _run(model, batch, tokens=tokens)
+    torch.testing.assert_close(logits[0, : first_fast + 2], logits2[0, : first_fast + 2], rtol=0, atol=1e-6)
+    assert not torch.allclose(logits[0, first_fast + 2:], logits2[0, first_fast + 2:])
+    # the last prefix token changes the first prefix token's output (bidirectional prefix)
+    n_prefix = int((batch["token_kind"][0] == PREFIX).sum())
+    tokens = batch["tokens"].clone()
+    tokens[0, n_prefix - 1] = (tokens[0, n_prefix - 1] + 1 - 3) % 100 + 3
+    assert not torch.allclose(logits[0, 0], _run(model, batch, tokens=tokens)[0][0, 0])
+
+
+def test_missing_view_and_padding_are_invisible():
+    model, batch = _setup()
+    logits, v = _run(model, batch)
+    images = batch["images"].clone()
+    missing = ~batch["image_mask"]
+    assert missing.any()
+    images[missing] = torch.rand_like(images[missing])  # content of a masked view must not matter
+    tokens = batch["tokens"].clone()
+    tokens[batch["token_kind"] == PAD] = 5  # nor the id of a padding token
+    logits2, v2 = _run(model, batch, tokens=tokens, images=images)
+    valid = batch["token_kind"] != PAD
+    torch.testing.assert_close(logits[valid], logits2[valid], rtol=0, atol=1e-6)
+    torch.testing.assert_close(v, v2, rtol=0, atol=1e-6)
