@@ -1,0 +1,118 @@
+"""Text tokenizer and the prompt builder: token layout, state modes, reserved ids, collate."""
+
+import numpy as np
+import pytest
+import torch
+
+from ki_vla_ros.model import FAST, KIVLA, PAD, PREFIX, TEXT, ModelConfig
+from ki_vla_ros.tokenize import PromptBuilder, TextTokenizer, collate, discretize_state
+
+CORPUS = ["pick up the red cube", "put the cube in the bowl", "what color is the cube? red",
+          "Task: , State: ;\nAction: ", "0 1 2 3 4 5 6 7 8 9 10 100 255"] * 20
+
+
+@pytest.fixture(scope="module")
+def text_tok():
+    return TextTokenizer.train(CORPUS, vocab_size=300)
+
+
+def cfg(mode="text"):
+    return ModelConfig.preset("tiny", state_mode=mode)
+
+
+def test_text_tokenizer_round_trip_and_save(text_tok, tmp_path):
+    s = "pick up the blue cube — ünïcode"
+    assert text_tok.decode(text_tok.encode(s)) == s
+    assert (text_tok.pad_id, text_tok.bos_id, text_tok.eos_id) == (0, 1, 2)
+    text_tok.save(tmp_path / "tokenizer.json")
+    loaded = TextTokenizer.load(tmp_path)
+    assert loaded.encode(s) == text_tok.encode(s) and loaded.vocab_size == text_tok.vocab_size
+
+
+def test_sentencepiece_model_needs_the_package(tmp_path):
+    path = tmp_path / "tokenizer.model"
+    path.write_bytes(b"\0")
+    try:
+        import sentencepiece  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="sentencepiece"):
+            TextTokenizer.load(path)
+    else:
+        pytest.skip("sentencepiece installed")
+
+
+def test_discretize_state_matches_pi05_bins():
+    s = np.array([-1.0, -0.999, 0.0, 0.999, 1.0, 1.5, -2.0])
+    np.testing.assert_array_equal(discretize_state(s), [0, 0, 128, 255, 255, 255, 0])
+
+
+def test_layout_kinds_and_loss_mask(text_tok):
+    c = cfg()
+    pb = PromptBuilder(text_tok, c)
+    ex = pb.build("pick up the red cube", state=np.array([0.0, 0.5]), action_tokens=[0, 5, 255], answer="red")
+    tokens, kind, loss = ex["tokens"], ex["token_kind"], ex["loss_mask"]
+    assert tokens[0] == text_tok.bos_id
+    n_prefix = int((kind == PREFIX).sum())
+    assert (kind[:n_prefix] == PREFIX).all()
+    assert text_tok.decode(tokens[1:n_prefix]) == "Task: pick up the red cube, State: 128 192;\n"
+    ans = tokens[kind == TEXT]
+    assert text_tok.decode(ans[:-1]) == "red" and ans[-1] == text_tok.eos_id and loss[kind == TEXT].all()
+    fast = tokens[kind == FAST]
+    act = [int(t) for t in fast if t >= c.fast_token_base]
+    assert act == [c.vocab_size - 256, c.vocab_size - 251, c.vocab_size - 1]  # reserved range at the END
+    assert pb.action_tokens_from_ids(act) == [0, 5, 255]
+    assert text_tok.decode(fast[: len(fast) - 4]) == "Action: "
+    np.testing.assert_array_equal(loss[kind == FAST], [False] * (len(fast) - 4) + [True] * 4)
+    assert not loss[kind == PREFIX].any()
+    # the inference prefix is exactly the training prefix
+    inf_tokens, inf_mask = pb.inference_prefix("pick up the red cube", np.array([0.0, 0.5]))
+    np.testing.assert_array_equal(inf_tokens[inf_mask], tokens[:n_prefix])
+    assert inf_tokens.shape == (c.max_prefix_tokens,)
+
+
+def test_state_modes(text_tok):
+    state = np.array([-1.0, 0.0, 0.99])
+    tok_mode = PromptBuilder(text_tok, cfg("tokens")).prefix("go", state)
+    c = cfg("tokens")
+    assert [t - c.state_token_base for t in tok_mode if c.state_token_base <= t < c.fast_token_base] == [0, 128, 254]
+    cont = PromptBuilder(text_tok, cfg("continuous")).prefix("go", state)
+    assert text_tok.decode(cont[1:]) == "Task: go;\n"
+    assert text_tok.decode(PromptBuilder(text_tok, cfg()).prefix("go", None)[1:]) == "Task: go;\n"
+
+
+def test_limits(text_tok):
+    pb = PromptBuilder(text_tok, cfg())
+    long = pb.prefix("pick " * 100, np.zeros(2))
+    assert len(long) == cfg().max_prefix_tokens and text_tok.decode(long).endswith(", State: 128 128;\n")
+    with pytest.raises(ValueError, match="max_target_tokens"):
+        pb.build("go", action_tokens=list(range(100)))
+    with pytest.raises(ValueError, match="num_fast_tokens"):
+        pb.build("go", action_tokens=[256])
+    with pytest.raises(ValueError, match="reserves ids"):
+        PromptBuilder(text_tok, cfg().replace(vocab_size=600))  # text ids must stay below 88
+
+
+def test_collate_feeds_the_model(text_tok):
+    c = cfg()
+    pb = PromptBuilder(text_tok, c)
+    rng = np.random.default_rng(0)
+    h, d, s = c.action_horizon, c.action_dim, c.image_size
+
+    def example(answer=None, acts=None, has_actions=True):
+        ex = pb.build("pick up the cube", state=rng.uniform(-1, 1, 3), action_tokens=acts, answer=answer)
+        ex.update(images=rng.uniform(-1, 1, (2, 3, s, s)), image_mask=np.array([True, False]),
+                  state=np.zeros(c.state_dim), actions=rng.uniform(-1, 1, (h, d)),
+                  action_mask=np.array(has_actions), action_dim_mask=np.arange(d) < 5)
+        return ex
+
+    exs = [example(answer="red", has_actions=False), example(acts=[1, 2, 3]), example(answer="ok", acts=[4])]
+    batch = collate(exs)
+    n = max(len(e["tokens"]) for e in exs)
+    assert batch["tokens"].shape == (3, n) and batch["images"].dtype == torch.float32
+    assert (batch["token_kind"][0, len(exs[0]["tokens"]):] == PAD).all()
+    assert batch["action_mask"].tolist() == [False, True, True]
+    out = KIVLA(c).compute_loss(batch)
+    assert all(torch.isfinite(v) for v in out.values()) and out["text_loss"] > 0 and out["fast_loss"] > 0
+    assert collate(exs, pad_to=n + 5)["tokens"].shape == (3, n + 5)
+    with pytest.raises(ValueError, match="pad_to"):
+        collate(exs, pad_to=2)
