@@ -49,6 +49,8 @@ def iter_raw(bag: str | Path, topics: Iterable[str] | None = None) -> Iterator[t
     wanted = set(topics) if topics else None
     with _reader(bag) as reader:
         conns = [c for c in reader.connections if wanted is None or c.topic in wanted]
+        if not conns:  # rosbags reads every connection when given none
+            return
         for conn, t_ns, raw in reader.messages(connections=conns):
             yield conn.topic, conn.msgtype, int(t_ns), bytes(raw)
 
@@ -57,6 +59,8 @@ def iter_decoded(bag: str | Path, topics: Iterable[str] | None = None) -> Iterat
     wanted = set(topics) if topics else None
     with _reader(bag) as reader:
         conns = [c for c in reader.connections if wanted is None or c.topic in wanted]
+        if not conns:  # rosbags reads every connection when given none
+            return
         for conn, t_ns, raw in reader.messages(connections=conns):
             yield conn.topic, conn.msgtype, int(t_ns), reader.deserialize(raw, conn.msgtype)
 

@@ -286,3 +286,107 @@ def run_launch_file(path: str, **launch_args: str) -> int:
     service = launch.LaunchService()
     service.include_launch_description(ld)
     return service.run()
+
+
+# ------------------------------------------------------------------------------ bags, models
+
+
+def write_aloha_bag(
+    path: Path,
+    duration_s: float = 5.0,
+    cam_hz: float = 10.0,
+    state_hz: float = 50.0,
+    image_hw: tuple[int, int] = (64, 64),
+    commands: bool = False,
+    storage: str = "sqlite3",
+) -> Path:
+    """A rosbag2 (written with rosbags, no rclpy) with the aloha_bimanual cameras and joint states
+    (all joints at 0), and with `commands` one JointTrajectory per arm every 0.5 s commanding 0
+    for 50 steps at 50 Hz."""
+    from ki_vla_ros.embodiment import load_embodiment
+    from ki_vla_ros.replay import typestore, write_bag
+
+    ts = typestore()
+    T = ts.types
+    emb = load_embodiment("aloha_bimanual")
+    t0 = 1_700_000_000 * 10**9
+
+    def header(t_ns, frame=""):
+        return T["std_msgs/msg/Header"](
+            stamp=T["builtin_interfaces/msg/Time"](sec=t_ns // 10**9, nanosec=t_ns % 10**9), frame_id=frame
+        )
+
+    records = []
+    h, w = image_hw
+    for k in range(int(duration_s * cam_hz)):
+        t = t0 + int(k / cam_hz * 1e9)
+        for i, cam in enumerate(emb.cameras):
+            img = np.full((h, w, 3), (k * 10 + i * 50) % 256, np.uint8)
+            msg = T["sensor_msgs/msg/Image"](
+                header=header(t, cam.name),
+                height=h,
+                width=w,
+                encoding="rgb8",
+                is_bigendian=0,
+                step=w * 3,
+                data=img.ravel(),
+            )
+            records.append((cam.topic, "sensor_msgs/msg/Image", t, msg))
+    for k in range(int(duration_s * state_hz)):
+        t = t0 + int(k / state_hz * 1e9)
+        for src in emb.state:
+            msg = T["sensor_msgs/msg/JointState"](
+                header=header(t),
+                name=list(src.joints),
+                position=np.zeros(len(src.joints)),
+                velocity=np.zeros(len(src.joints)),
+                effort=np.zeros(0),
+            )
+            records.append((src.topic, "sensor_msgs/msg/JointState", t, msg))
+    if commands:
+        Duration = T["builtin_interfaces/msg/Duration"]
+        for k in range(int(duration_s * 2)):
+            t = t0 + int(k * 0.5e9)
+            for o in emb.outputs:
+                points = [
+                    T["trajectory_msgs/msg/JointTrajectoryPoint"](
+                        positions=np.zeros(len(o.joints)),
+                        velocities=np.zeros(0),
+                        accelerations=np.zeros(0),
+                        effort=np.zeros(0),
+                        time_from_start=Duration(sec=0, nanosec=int((i + 1) * 0.02e9)),
+                    )
+                    for i in range(50)
+                ]
+                msg = T["trajectory_msgs/msg/JointTrajectory"](
+                    header=T["std_msgs/msg/Header"](
+                        stamp=T["builtin_interfaces/msg/Time"](sec=0, nanosec=0), frame_id=""
+                    ),
+                    joint_names=list(o.joints),
+                    points=points,
+                )
+                records.append((o.topic, "trajectory_msgs/msg/JointTrajectory", t, msg))
+    records.sort(key=lambda r: r[2])
+    write_bag(path, records, storage=storage)
+    return path
+
+
+def tiny_model_dir(out: Path, embodiment: str = "aloha_bimanual") -> Path:
+    """A random-weight `tiny` model folder for an embodiment (ki_vla_ros.runtime.init_model), with
+    normalisation ranges from the embodiment's joint limits."""
+    from ki_vla_ros.embodiment import load_embodiment
+    from ki_vla_ros.runtime import Layout
+    from ki_vla_ros.runtime.init_model import init_model_dir
+
+    emb = load_embodiment(embodiment)
+    lims = emb.limits.joints
+
+    def rng(names):
+        lo = [lims[n].lower if n in lims else -1.0 for n in names]
+        hi = [lims[n].upper if n in lims else 1.0 for n in names]
+        return np.array(lo), np.array(hi)
+
+    layout = Layout(emb.camera_names, emb.state_names, emb.action_names, emb.control_rate_hz)
+    return init_model_dir(
+        out, layout, preset="tiny", seed=0, state_range=rng(emb.state_names), action_range=rng(emb.action_names)
+    )
