@@ -42,7 +42,7 @@ def test_euler_follows_pi05_convention():
     model = KIVLA(ModelConfig.preset("tiny")).eval()
     seen = []
 
-    def fake_velocity(k, v, pm, x, t):
+    def fake_velocity(k, v, pm, x, t, context=None):
         seen.append(float(t[0]))
         return torch.ones_like(x) * t[:, None, None]
 

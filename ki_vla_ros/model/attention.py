@@ -14,26 +14,39 @@ import torch
 NEG_INF = -2.3819763e38  # large finite negative (openpi); softmax of a fully masked row stays finite
 
 
-def rope(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
-    """Rotary embedding, rotate-halves. x [B, N, heads, hd], positions [B, N] -> [B, N, heads, hd]."""
-    hd = x.shape[-1]
-    freq = base ** (-torch.arange(0, hd // 2, device=x.device, dtype=torch.float32) * 2.0 / hd)  # [hd/2]
+def rope_tables(positions: torch.Tensor, hd: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [B, N, 1, hd/2] for positions [B, N] (computed once per pass, shared by q and k)."""
+    freq = base ** (-torch.arange(0, hd // 2, device=positions.device, dtype=torch.float32) * 2.0 / hd)  # [hd/2]
     angle = positions.to(torch.float32)[..., None, None] * freq  # [B, N, 1, hd/2]
-    sin, cos = torch.sin(angle), torch.cos(angle)
+    return torch.cos(angle), torch.sin(angle)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding, rotate-halves. x [B, N, heads, hd], cos/sin [B, N, 1, hd/2] -> [B, N, heads, hd]."""
     x1, x2 = x.float().chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
 
+def rope(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
+    """Rotary embedding, rotate-halves. x [B, N, heads, hd], positions [B, N] -> [B, N, heads, hd]."""
+    return apply_rope(x, *rope_tables(positions, x.shape[-1], base))
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Grouped-query attention. q [B, N, H, hd], k/v [B, M, K, hd], allowed [B, N, M] -> [B, N, H*hd]."""
+    """Grouped-query attention. q [B, N, H, hd], k/v [B, M, K, hd], allowed [B, N, M] -> [B, N, H*hd].
+
+    Plain batched matmuls (no einsum): they export to ONNX MatMul, which runtimes execute fastest."""
     b, n, h, hd = q.shape
-    kv = k.shape[2]
-    q = q.reshape(b, n, kv, h // kv, hd)  # [B, N, K, G, hd]
-    scores = torch.einsum("bnkgd,bmkd->bkgnm", q.float(), k.float()) * hd**-0.5  # [B, K, G, N, M]
+    m, kv = k.shape[1], k.shape[2]
+    g = h // kv
+    q = q.float().reshape(b, n, kv, g, hd).permute(0, 2, 3, 1, 4).reshape(b, kv, g * n, hd)  # [B, K, G·N, hd]
+    k = k.float().permute(0, 2, 3, 1)  # [B, K, hd, M]
+    v = v.float().permute(0, 2, 1, 3)  # [B, K, M, hd]
+    scores = (torch.matmul(q, k) * hd**-0.5).reshape(b, kv, g, n, m)  # [B, K, G, N, M]
     scores = torch.where(allowed[:, None, None], scores, NEG_INF)
-    probs = torch.softmax(scores, dim=-1)
-    out = torch.einsum("bkgnm,bmkd->bnkgd", probs, v.float())  # [B, N, K, G, hd]
-    return out.reshape(b, n, h * hd).to(q.dtype)
+    probs = torch.softmax(scores, dim=-1).reshape(b, kv, g * n, m)
+    out = torch.matmul(probs, v).reshape(b, kv, g, n, hd)  # [B, K, G, N, hd]
+    return out.permute(0, 3, 1, 2, 4).reshape(b, n, h * hd).to(q.dtype)
 
 
 def shared_attention(

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ki_vla_ros.model.attention import rope_tables
 from ki_vla_ros.model.batch import Batch
 from ki_vla_ros.model.config import ModelConfig
 from ki_vla_ros.model.masks import ACTION, FAST, PAD, PREFIX, TEXT, attention_mask
@@ -205,18 +206,23 @@ class KIVLA(nn.Module):
         k, v = self.transformer.prefix_kv(emb, token_positions(kinds), attention_mask(kinds))
         return k, v, kinds == PREFIX
 
-    def expert_velocity(self, k, v, prefix_mask, x_t, t):
-        """k, v [depth, B, Lp, K, hd], prefix_mask [B, Lp] bool, x_t [B, H, D], t [B]
-        -> velocity [B, H, D]."""
-        b, h = x_t.shape[:2]
-        lp = prefix_mask.shape[1]
+    def expert_context(self, prefix_mask: torch.Tensor, horizon: int):
+        """What every flow step over one cache shares: the action rows of the attention mask
+        [B, H, Lp + H] and the RoPE tables of the action positions. Computed once per chunk."""
+        b, lp = prefix_mask.shape
         prefix_kind = torch.where(prefix_mask, PREFIX, PAD)
-        kinds = torch.cat([prefix_kind, torch.full((b, h), ACTION, dtype=torch.long, device=x_t.device)], 1)
+        action_kind = torch.full((b, horizon), ACTION, dtype=torch.long, device=prefix_mask.device)
+        kinds = torch.cat([prefix_kind, action_kind], 1)
         allowed = attention_mask(kinds)[:, lp:]  # action rows [B, H, Lp + H]
+        rope_a = rope_tables(self._action_positions(prefix_kind, horizon), self.config.head_dim, self.config.rope_base)
+        return allowed, rope_a
+
+    def expert_velocity(self, k, v, prefix_mask, x_t, t, context=None):
+        """k, v [depth, B, Lp, K, hd], prefix_mask [B, Lp] bool, x_t [B, H, D], t [B] -> velocity [B, H, D].
+        `context` = `expert_context(prefix_mask, H)`, passed in by the flow loop so it is built once."""
+        allowed, rope_a = context if context is not None else self.expert_context(prefix_mask, x_t.shape[1])
         x_a, cond = self.embed_actions(x_t, t)
-        h_a = self.transformer.expert_over_cache(
-            k, v, x_a, self._action_positions(prefix_kind, h), cond, allowed, self.config.insulate
-        )
+        h_a = self.transformer.expert_over_cache(k, v, x_a, rope_a, cond, allowed, self.config.insulate)
         return self.action_out_proj(h_a)
 
     @torch.no_grad()
@@ -229,10 +235,11 @@ class KIVLA(nn.Module):
     def flow_from_cache(self, k, v, prefix_mask, noise, num_steps: int = 10):
         """The flow step: `num_steps` Euler steps over the prefix cache, t = 1 (noise) -> 0 (data).
         noise [B, H, D] -> actions [B, H, D] (normalised). Export traces this loop unrolled."""
+        context = self.expert_context(prefix_mask, noise.shape[1])
         x, dt = noise, -1.0 / num_steps
         for i in range(num_steps):
             t = torch.full((noise.shape[0],), 1.0 - i / num_steps, dtype=noise.dtype, device=noise.device)
-            x = x + dt * self.expert_velocity(k, v, prefix_mask, x, t)
+            x = x + dt * self.expert_velocity(k, v, prefix_mask, x, t, context)
         return x
 
     @torch.no_grad()

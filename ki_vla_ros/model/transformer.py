@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ki_vla_ros.model.attention import rope, shared_attention
+from ki_vla_ros.model.attention import apply_rope, rope, shared_attention
 from ki_vla_ros.model.config import ModelConfig
 from ki_vla_ros.model.layers import AdaRMSNorm, Block, RMSNorm
 
@@ -75,17 +75,18 @@ class MixtureTransformer(nn.Module):
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         x_a: torch.Tensor,
-        pos_a: torch.Tensor,
+        rope_a: tuple[torch.Tensor, torch.Tensor],
         cond: torch.Tensor,
         allowed: torch.Tensor,
         insulate: bool = True,
     ) -> torch.Tensor:
         """Expert alone, reading the cached prefix. k/v_cache [depth, B, Lp, K, hd], x_a [B, Na, We],
+        rope_a = (cos, sin) [B, Na, 1, hd/2] of the action positions (`attention.rope_tables`),
         allowed [B, Na, Lp+Na] (action rows) -> final-normed h_a [B, Na, We]."""
-        base = self.cfg.rope_base
+        cos, sin = rope_a
         for i, la in enumerate(self.expert):
             q, k, v, g = la.qkv(x_a, cond)
-            q, k = rope(q, pos_a, base), rope(k, pos_a, base)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             _, o = shared_attention(None, k_cache[i], v_cache[i], q, k, v, allowed, insulate)
             x_a = la.finish(x_a, o, g, cond)
         return self.expert_norm(x_a, cond)[0]
