@@ -12,6 +12,16 @@ import sys
 # name -> ("module:function", one-line help). The function takes argv (list[str]) and returns
 # an exit code (or None for 0).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("ki_vla_ros.ros.demo:demo_main", "the main job: simulated ALOHA + policy node, one episode"),
+    "eval": ("ki_vla_ros.ros.demo:eval_main", "closed-loop success / instruction following over seeded episodes"),
+    "run": ("ki_vla_ros.ros.cli_commands:run_main", "run the policy node for an embodiment (no ros2 launch needed)"),
+    "command": ("ki_vla_ros.ros.cli_commands:command_main", "set a running node's instruction, start / stop it"),
+    "replay": ("ki_vla_ros.ros.cli_commands:replay_main", "publish a rosbag2 into ROS 2 topics with its timing"),
+    "eval-bag": ("ki_vla_ros.ros.cli_commands:eval_bag_main", "run a policy offline over a bag, report error"),
+    "train": ("ki_vla_ros.train.cli:train_main", "train a model (recipes ki, joint, pi0, ...) from bags / LeRobot"),
+    "export": ("ki_vla_ros.export.cli:export_main", "write a model folder's ONNX files (and TensorRT engines)"),
+    "init-model": ("ki_vla_ros.runtime.init_model:init_model_main", "make a random-weight model folder "
+                   "for an embodiment (commissioning, tests)"),
 }
 
 

@@ -8,6 +8,7 @@ given instructions and on smooth random chunks; normalisation statistics come fr
 
 from __future__ import annotations
 
+import argparse
 import math
 from pathlib import Path
 
@@ -66,3 +67,36 @@ def init_model_dir(out: str | Path, layout: Layout, preset: str = "tiny", seed: 
     norm = NormStats(stats(state_range, ns), stats(action_range, na))
     notes = {"weights": f"random (seed {seed}), untrained: for commissioning and tests only"}
     return save_model_dir(out, model, layout, text_tok, fast, norm, recipe="ki", notes=notes)
+
+
+def init_model_main(argv: list[str]) -> int:
+    """`ki-vla init-model OUT --embodiment NAME [--preset tiny|small] [--seed N]`."""
+    from ki_vla_ros.embodiment import load_embodiment
+
+    parser = argparse.ArgumentParser(prog="ki-vla init-model", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", help="model folder to write")
+    parser.add_argument("--embodiment", default="aloha_bimanual", help="name in config/embodiments/ or a YAML path")
+    parser.add_argument("--preset", default="tiny", choices=["tiny", "small"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    emb = load_embodiment(args.embodiment)
+    layout = Layout(emb.camera_names, emb.state_names, emb.action_names, emb.control_rate_hz)
+
+    def ranges(names):  # joint limits (base velocities for the base's action dims) as stats
+        low, high = [], []
+        for name in names:
+            if name in emb.limits.joints:
+                limit = emb.limits.joints[name]
+                low.append(limit.lower)
+                high.append(limit.upper)
+            else:
+                bound = emb.limits.base.angular if name.endswith("angular_z") else emb.limits.base.linear
+                low.append(-bound)
+                high.append(bound)
+        return np.array(low), np.array(high)
+
+    path = init_model_dir(args.out, layout, preset=args.preset, seed=args.seed,
+                          state_range=ranges(layout.state_names), action_range=ranges(layout.action_names))
+    print(f"wrote {path} (random weights, preset {args.preset}, embodiment {emb.name})")
+    return 0
