@@ -69,6 +69,16 @@ class ScriptedPolicy:
         return PolicyOutput(actions=actions, timings_ms={"total": (time.perf_counter() - t0) * 1000})
 
 
+class ScriptedMobilePolicy(ScriptedPolicy):
+    """ScriptedPolicy plus a base command [linear x 1.0 (beyond the 0.5 limit), angular z 0.3]."""
+
+    def infer(self, obs, seed=None):
+        out = super().infer(obs, seed)
+        base = np.tile([[1.0, 0.3]], (len(out.actions), 1))
+        out.actions = np.hstack([out.actions, base])
+        return out
+
+
 # ----------------------------------------------------------------------------- environment
 
 _domains = itertools.count()
@@ -184,13 +194,15 @@ class Observer:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
-        rclpy.init()
+        # a context of its own: several observers may live at once (module and test fixtures)
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
         self.rclpy = rclpy
-        self.node = rclpy.create_node(name)
+        self.node = rclpy.create_node(name, context=self.context)
         self.lock = threading.Lock()
         self.messages: dict[str, list] = {}
         self.stamps: dict[str, list[float]] = {}
-        self.executor = SingleThreadedExecutor()
+        self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
@@ -258,7 +270,7 @@ class Observer:
         self.executor.shutdown(timeout_sec=2.0)
         self.thread.join(timeout=5.0)
         self.node.destroy_node()
-        self.rclpy.try_shutdown()
+        self.rclpy.try_shutdown(context=self.context)
 
 
 # ---------------------------------------------------------------------------------- launch

@@ -45,7 +45,13 @@ def test_eval_bag_reports_error_against_recorded_commands(bag, tmp_path, capsys)
     assert "MAE" in capsys.readouterr().out
 
 
-def test_eval_bag_with_tiny_model_and_bad_inputs(bag, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def sqlite_bag(tmp_path_factory):
+    return write_aloha_bag(tmp_path_factory.mktemp("bag") / "rec", duration_s=1.0, commands=True)
+
+
+def test_eval_bag_with_tiny_model_and_bad_inputs(sqlite_bag, tmp_path, capsys):
+    bag = sqlite_bag
     model = tiny_model_dir(tmp_path / "tiny")
     assert (
         eval_bag_main(

@@ -13,12 +13,12 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from ros_helpers import Observer, Proc, policy_node_cmd, ros_environment, stand_in_cmd, wait_until  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from ki_vla_ros.embodiment import load_embodiment  # noqa: E402
-from ros_helpers import Observer, Proc, policy_node_cmd, ros_environment, stand_in_cmd, wait_until  # noqa: E402
 
 pytestmark = [pytest.mark.dds, pytest.mark.slow]
 
@@ -158,7 +158,7 @@ def test_stale_camera_stops_commands_reports_and_resumes(rig):
     rig.standin.send("camera cam_left_wrist on")
     t_on = time.monotonic()
     assert wait_until(lambda: len(rig.chunks(LEFT, t_on)) >= 2, 5.0), rig.logs()
-    assert rig.diag()["state"] == "running"
+    assert wait_until(lambda: rig.diag()["state"] == "running", 2.0)  # diagnostics come at 2 Hz
 
 
 def test_nan_joint_state_is_never_acted_on(rig):
@@ -192,3 +192,42 @@ def test_stop_returns_to_idle(rig):
     assert wait_until(lambda: rig.diag().get("state") == "idle", 3.0)
     time.sleep(1.0)
     assert rig.chunks(LEFT, t_stop + 0.3) == []
+
+
+def test_mobile_base_twist_clamped_and_zero_when_stale(tmp_path):
+    from geometry_msgs.msg import Twist
+
+    env = ros_environment(tmp_path)
+    standin = Proc(stand_in_cmd(embodiment="mobile_aloha"), env, tmp_path / "standin.log", stdin=True)
+    node = Proc(
+        policy_node_cmd(
+            "instruction:=drive",
+            "autostart:=true",
+            embodiment="mobile_aloha",
+            policy_class="ros_helpers:ScriptedMobilePolicy",
+        ),
+        env,
+        tmp_path / "node.log",
+    )
+    obs = Observer("test_mobile_observer")
+    obs.subscribe(Twist, "/cmd_vel")
+    obs.subscribe(DiagnosticArray, "/diagnostics")
+    try:
+
+        def moving():
+            msgs = obs.received("/cmd_vel")
+            return len(msgs) > 10 and msgs[-1].linear.x != 0.0
+
+        assert wait_until(moving, 30.0), node.tail() + standin.tail(1000)
+        last = obs.received("/cmd_vel")[-1]
+        assert last.linear.x == pytest.approx(0.5) and last.angular.z == pytest.approx(0.3)  # clamped to 0.5
+        standin.send("camera cam_high off")
+        assert wait_until(lambda: (obs.latest_diagnostics() or {}).get("state") == "holding", 5.0), node.tail()
+        t_hold = time.monotonic()
+        assert wait_until(lambda: len(obs.received("/cmd_vel", t_hold + 0.2)) >= 5, 3.0)
+        late = obs.received("/cmd_vel", t_hold + 0.2)
+        assert all(m.linear.x == 0.0 and m.angular.z == 0.0 for m in late), "the base kept moving on stale data"
+    finally:
+        obs.close()
+        codes = node.stop(), standin.stop()
+    assert codes[0] == 0, node.tail()
