@@ -40,6 +40,7 @@ setup(
             "ki-vla = ki_vla_ros.cli:main",
             "policy_node = ki_vla_ros.ros.policy_node:main",
             "camera_publisher = ki_vla_ros.ros.camera_publisher:main",
+            "sim_node = ki_vla_ros.ros.sim_node:main",
         ],
     },
 )
