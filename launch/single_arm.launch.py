@@ -6,12 +6,11 @@
 Every argument of policy.launch.py is forwarded; this file only changes the default embodiment.
 """
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.substitutions import FindPackageShare
-
-from launch import LaunchDescription
 
 ARGS = {
     "embodiment": "franka_single_arm",

@@ -280,11 +280,10 @@ def run_launch_file(path: str, **launch_args: str) -> int:
     """Run a launch file like `ros2 launch` does (LaunchService + IncludeLaunchDescription) until
     SIGINT; print every started process's exit code as 'EXIT name code'. Meant to be run in a
     child process: python -c 'import ros_helpers; ros_helpers.run_launch_file(...)'."""
+    import launch
     from launch.actions import IncludeLaunchDescription, RegisterEventHandler
     from launch.event_handlers import OnProcessExit
     from launch.launch_description_sources import PythonLaunchDescriptionSource
-
-    import launch
 
     def on_exit(event, context):
         print(f"EXIT {event.action.name} {event.returncode}", flush=True)

@@ -9,9 +9,8 @@ import pytest
 
 pytest.importorskip("rclpy")
 try:
-    import launch_ros  # noqa: F401
-
     import launch  # noqa: F401
+    import launch_ros  # noqa: F401
 except ImportError as exc:  # launch is not on PyPI: only where ROS 2 (or the shared wheels) is installed
     pytest.skip(
         f"launch / launch_ros not importable ({exc}); install ROS 2 or the launch wheels", allow_module_level=True

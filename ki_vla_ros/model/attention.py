@@ -35,18 +35,24 @@ def rope(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """Grouped-query attention. q [B, N, H, hd], k/v [B, M, K, hd], allowed [B, N, M] -> [B, N, H*hd].
 
-    Plain batched matmuls (no einsum): they export to ONNX MatMul, which runtimes execute fastest."""
+    Plain batched matmuls (no einsum), query rows kept in (token, head) order so that with one KV
+    head (Gemma) every reshape is free: the ONNX graph has no transposes of activations."""
     b, n, h, hd = q.shape
     m, kv = k.shape[1], k.shape[2]
     g = h // kv
-    q = q.float().reshape(b, n, kv, g, hd).permute(0, 2, 3, 1, 4).reshape(b, kv, g * n, hd)  # [B, K, G·N, hd]
-    k = k.float().permute(0, 2, 3, 1)  # [B, K, hd, M]
-    v = v.float().permute(0, 2, 1, 3)  # [B, K, M, hd]
-    scores = (torch.matmul(q, k) * hd**-0.5).reshape(b, kv, g, n, m)  # [B, K, G, N, M]
-    scores = torch.where(allowed[:, None, None], scores, NEG_INF)
-    probs = torch.softmax(scores, dim=-1).reshape(b, kv, g * n, m)
-    out = torch.matmul(probs, v).reshape(b, kv, g, n, hd)  # [B, K, G, N, hd]
-    return out.permute(0, 3, 1, 2, 4).reshape(b, n, h * hd).to(q.dtype)
+    dtype = q.dtype
+    if kv == 1:  # one shared KV head: pure reshapes
+        q, k, v = q.float().reshape(b, 1, n * g, hd), k.float().reshape(b, 1, m, hd), v.float().reshape(b, 1, m, hd)
+    else:
+        q = q.float().reshape(b, n, kv, g, hd).transpose(1, 2).reshape(b, kv, n * g, hd)  # [B, K, N·G, hd]
+        k, v = k.float().transpose(1, 2), v.float().transpose(1, 2)  # [B, K, M, hd]
+    scores = (torch.matmul(q, k.transpose(-1, -2)) * hd**-0.5).reshape(b, kv, n, g, m)  # [B, K, N, G, M]
+    scores = torch.where(allowed[:, None, :, None, :], scores, NEG_INF)
+    probs = torch.softmax(scores, dim=-1).reshape(b, kv, n * g, m)
+    out = torch.matmul(probs, v).reshape(b, kv, n, g, hd)  # [B, K, N, G, hd]
+    if kv > 1:
+        out = out.transpose(1, 2)
+    return out.reshape(b, n, h * hd).to(dtype)
 
 
 def shared_attention(

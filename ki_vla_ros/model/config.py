@@ -11,10 +11,12 @@ Presets (`ModelConfig.preset(name)`):
   7×7 = 49 tokens (224 px / 14 px would be 256 per view: 5× more tokens and quadratic attention).
   A 4-layer, 192-wide ViT costs ≈0.1 GFLOP per view. The backbone (width 256, depth 6,
   GeGLU mlp 1024, 4 heads × 64 with one shared KV head as in Gemma) costs ≈2·1.9 MFLOP per token
-  per layer → ≈2.2 GFLOP for ~200 prefix tokens. The expert (width 128, mlp 512, same heads so
-  its queries can read the backbone's keys) costs ≈0.55 MFLOP per token per layer → ≈0.17 GFLOP
-  per step, 1.7 GFLOP for 10 steps. ≈4.5 GFLOP in all: at the ~30–60 GFLOP/s two cores of
-  PyTorch CPU reach on these small matrices, ≈100–150 ms (measured numbers: docs/model.md).
+  per layer → ≈2.6 GFLOP for ~200 prefix tokens. The expert keeps π0.5's proportions to the
+  backbone — half the width, a quarter of the MLP (width 128, mlp 256), same heads so its queries
+  read the backbone's keys — ≈0.36 MFLOP per token per layer plus attention over ~250 keys,
+  ≈0.19 GFLOP per step, 1.9 GFLOP for 10 steps: the flow loop must stay cheaper than the prefix
+  in FLOPs, or caching the prefix would buy little. ≈5 GFLOP in all: ≈60 ms with ONNX Runtime
+  on one core of this machine (measured numbers: docs/model.md, docs/runtime.md).
 * ``pi05``  — the paper's dimensions (appendix B; the issue's 8 query heads / 1 KV head of
   Gemma 2B): SigLIP So400m/14 at 224 px, Gemma 2B backbone, Gemma-300M action expert, H = 50,
   actions and state padded to 32 dims. Build it on the ``meta`` device to inspect it.
@@ -164,7 +166,7 @@ PRESETS: dict[str, ModelConfig] = {
         head_dim=64,
         vocab_size=4096,
         expert_width=128,
-        expert_mlp_dim=512,
+        expert_mlp_dim=256,
         action_horizon=50,
         action_dim=32,
         state_dim=32,
