@@ -29,16 +29,23 @@ def test_text_tokenizer_round_trip_and_save(text_tok, tmp_path):
     assert loaded.encode(s) == text_tok.encode(s) and loaded.vocab_size == text_tok.vocab_size
 
 
-def test_sentencepiece_model_needs_the_package(tmp_path):
-    path = tmp_path / "tokenizer.model"
-    path.write_bytes(b"\0")
-    try:
-        import sentencepiece  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="sentencepiece"):
-            TextTokenizer.load(path)
-    else:
-        pytest.skip("sentencepiece installed")
+def test_sentencepiece_model_loads(tmp_path):
+    """A SentencePiece .model (the format of published Gemma / PaliGemma tokenizers), trained here
+    with Gemma's special ids (pad 0, eos 1, bos 2), loads with its own ids and round-trips text."""
+    spm = pytest.importorskip("sentencepiece")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"pick up the {c} cube with the {a} arm" for c in ("red", "blue", "green")
+                                for a in ("left", "right")) * 20)
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "tokenizer"), vocab_size=60,
+                                   pad_id=0, eos_id=1, bos_id=2, unk_id=3, model_type="bpe")
+    tok = TextTokenizer.load(tmp_path / "tokenizer.model")
+    assert (tok.pad_id, tok.eos_id, tok.bos_id, tok.vocab_size) == (0, 1, 2, 60)
+    ids = tok.encode("pick up the blue cube")
+    assert ids and min(ids) > 3 and tok.decode(ids) == "pick up the blue cube"
+    bad = tmp_path / "broken.model"
+    bad.write_bytes(b"\0")
+    with pytest.raises((RuntimeError, OSError)):
+        TextTokenizer.load(bad)
 
 
 def test_discretize_state_matches_pi05_bins():
