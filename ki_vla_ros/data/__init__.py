@@ -1,0 +1,1 @@
+"""Training data: rosbag and LeRobot episodes, VLM JSONL records, the weighted mixture."""

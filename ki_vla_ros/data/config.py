@@ -1,0 +1,40 @@
+"""`DatasetConfig`: one entry of a training mixture (the `datasets:` list of a train config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class DatasetConfig:
+    name: str
+    type: Literal["rosbag", "lerobot", "vlm"]
+    path: str  # bag folder / folder of bags; LeRobot root; JSONL file or folder of JSONL files
+    weight: float = 1.0  # mixture weight (probability ∝ weight)
+    # rosbag
+    embodiment: str = ""  # embodiment name or YAML path (topics, joints, control rate)
+    action_source: Literal["commanded", "measured"] = "commanded"
+    instruction: str = ""  # fallback instruction (rosbag: after topic and metadata.yaml)
+    instruction_topic: str = "/instruction"
+    segment_by: Literal["bag", "instruction"] = "bag"
+    max_age_s: float = 0.0  # a message older than this at a grid step is misaligned (0: 1.5 periods)
+    # lerobot
+    cameras: dict[str, str] = field(default_factory=dict)  # feature key -> camera name
+    state_key: str = "observation.state"
+    action_key: str = "action"
+    # all robot datasets
+    max_episodes: int = 0  # 0: all
+    val_episodes: int = -1  # held-out episodes (-1: 10%, at least 1 when there are >= 2 episodes)
+    # vlm
+    val_fraction: float = 0.1  # held-out share of images
+
+    def validate(self) -> None:
+        if not self.name:
+            raise ValueError("name: must not be empty")
+        if self.weight < 0:
+            raise ValueError(f"weight: must be >= 0, got {self.weight}")
+        if self.type == "rosbag" and not self.embodiment:
+            raise ValueError("embodiment: a rosbag dataset needs an embodiment (name or YAML path)")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction: expected 0 <= x < 1, got {self.val_fraction}")

@@ -1,0 +1,148 @@
+"""Robot datasets: episodes read once into a cache, split by episode, indexed by sample.
+
+`load_robot_episodes(cfg, image_size, cache_dir)` reads a rosbag or LeRobot dataset into
+`Episode`s and keeps them in ``cache_dir/<key>/`` (images as .npy, memory-mapped on later loads;
+the key hashes the source files' sizes and times and every reading option), so a second run — or
+another rank — does not decode video or bags again.
+
+`RobotDataset(episodes, horizon)` lists every usable (episode, step) pair; `raw(i)` gives the
+sample in robot units: images, state, the action chunk [H, Da] and the instruction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ki_vla_ros.data.config import DatasetConfig
+from ki_vla_ros.data.episode import Episode, LoadReport
+
+CACHE_VERSION = 1
+
+
+def _fingerprint(cfg: DatasetConfig, image_size: int) -> str:
+    root = Path(cfg.path).resolve()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    h = hashlib.sha1()
+    h.update(json.dumps({"v": CACHE_VERSION, "cfg": dataclasses.asdict(cfg) | {"name": "", "weight": 0,
+                                                                               "val_episodes": 0},
+                         "size": image_size, "root": str(root)}, sort_keys=True).encode())
+    if cfg.type == "rosbag":
+        from ki_vla_ros.configio import to_dict
+        from ki_vla_ros.embodiment import load_embodiment
+
+        h.update(json.dumps(to_dict(load_embodiment(cfg.embodiment)), sort_keys=True).encode())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def _read(cfg: DatasetConfig, image_size: int) -> tuple[list[Episode], LoadReport]:
+    if cfg.type == "rosbag":
+        from ki_vla_ros.data.bags import find_bags, read_bag_episodes
+        from ki_vla_ros.embodiment import load_embodiment
+
+        emb = load_embodiment(cfg.embodiment)
+        episodes, report = [], LoadReport(cfg.path)
+        bags = find_bags(cfg.path)
+        if cfg.max_episodes:
+            bags = bags[: cfg.max_episodes]
+        for bag in bags:
+            eps, rep = read_bag_episodes(bag, emb, image_size, cfg.action_source, cfg.instruction,
+                                         cfg.instruction_topic, cfg.segment_by, cfg.max_age_s)
+            episodes += eps
+            report.add(rep)
+        return episodes, report
+    if cfg.type == "lerobot":
+        from ki_vla_ros.data.lerobot import read_lerobot
+
+        return read_lerobot(cfg.path, image_size, cfg.cameras or None, cfg.state_key, cfg.action_key,
+                            cfg.max_episodes)
+    raise ValueError(f"{cfg.name}: type {cfg.type!r} is not a robot dataset")
+
+
+def load_robot_episodes(cfg: DatasetConfig, image_size: int, cache_dir: str | Path | None,
+                        log=print) -> tuple[list[Episode], LoadReport]:
+    if not cache_dir:
+        return _read(cfg, image_size)
+    key = _fingerprint(cfg, image_size)
+    folder = Path(cache_dir) / f"{cfg.name}-{key}"
+    if (folder / "index.json").is_file():
+        return _load_cache(folder)
+    log(f"[data] reading {cfg.type} dataset '{cfg.name}' from {cfg.path} (cache: {folder})")
+    episodes, report = _read(cfg, image_size)
+    _save_cache(folder, episodes, report)
+    return _load_cache(folder)
+
+
+def _save_cache(folder: Path, episodes: list[Episode], report: LoadReport) -> None:
+    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    index = {"report": report.to_dict(), "episodes": []}
+    for i, e in enumerate(episodes):
+        np.save(tmp / f"ep{i:05d}_images.npy", e.images)
+        np.savez(tmp / f"ep{i:05d}.npz", image_mask=e.image_mask, state=e.state, actions=e.actions, valid=e.valid)
+        index["episodes"].append({"source": e.source, "instruction": e.instruction, "camera_names": e.camera_names,
+                                  "state_names": e.state_names, "action_names": e.action_names,
+                                  "control_rate_hz": e.control_rate_hz})
+    (tmp / "index.json").write_text(json.dumps(index))
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process finished first: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_cache(folder: Path) -> tuple[list[Episode], LoadReport]:
+    index = json.loads((folder / "index.json").read_text())
+    episodes = []
+    for i, meta in enumerate(index["episodes"]):
+        arrays = np.load(folder / f"ep{i:05d}.npz")
+        episodes.append(Episode(meta["source"], meta["instruction"],
+                                np.load(folder / f"ep{i:05d}_images.npy", mmap_mode="r"),
+                                arrays["image_mask"], arrays["state"], arrays["actions"], arrays["valid"],
+                                meta["camera_names"], meta["state_names"], meta["action_names"],
+                                meta["control_rate_hz"]))
+    return episodes, LoadReport.from_dict(index["report"])
+
+
+def split_episodes(episodes: list[Episode], val_episodes: int, seed: int) -> tuple[list[Episode], list[Episode]]:
+    """(train, held-out): `val_episodes` episodes chosen with the seed (-1: 10%, >= 1 if >= 2 episodes)."""
+    n = len(episodes)
+    if val_episodes < 0:
+        val_episodes = max(1, round(0.1 * n)) if n >= 2 else 0
+    if val_episodes >= n and n:
+        raise ValueError(f"val_episodes = {val_episodes} leaves no training episodes (the dataset has {n})")
+    order = np.random.default_rng(seed).permutation(n)
+    val = set(order[:val_episodes].tolist())
+    return [e for i, e in enumerate(episodes) if i not in val], [e for i, e in enumerate(episodes) if i in val]
+
+
+class RobotDataset:
+    def __init__(self, episodes: list[Episode], horizon: int):
+        self.episodes, self.horizon = episodes, horizon
+        pairs = [(ei, int(k)) for ei, e in enumerate(episodes) for k in e.sample_steps(horizon)]
+        self.index = np.asarray(pairs, np.int64).reshape(-1, 2)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def raw(self, i: int) -> dict:
+        ei, k = self.index[i]
+        e = self.episodes[ei]
+        return {"images": np.asarray(e.images[k]), "image_mask": e.image_mask[k], "state": e.state[k],
+                "chunk": e.chunk(int(k), self.horizon), "instruction": e.instruction,
+                "camera_names": e.camera_names}
+
+    def state_action_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every valid step's state and action (for normalisation statistics)."""
+        s = [e.state[e.valid] for e in self.episodes]
+        a = [e.actions[e.valid] for e in self.episodes]
+        return np.concatenate(s), np.concatenate(a)

@@ -1,0 +1,643 @@
+"""The main job: the simulated ALOHA and the policy node, closed loop, over real DDS.
+
+``ki-vla demo``: one episode; prints success, whether the instruction was followed and the
+control latency; writes a video of ``cam_high`` and a plot of commanded vs measured joints.
+``ki-vla eval``: N seeded episodes per task; success and instruction-following rates.
+
+Both use :class:`SimRig`: the sim node and the policy node run as two child processes (as a
+robot driver and the policy would on a real robot: no shared GIL, each can crash alone), both
+with ``use_sim_time``; this process is only the operator. It talks to them through their
+interfaces: the sim's ``~/reset`` and parameters (task, seed, episode length), the policy
+node's ``instruction`` parameter (the standard ``set_parameters`` service), ``~/start`` /
+``~/stop``, ``/diagnostics`` and ``~/action_chunk``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SIM_NODE = "/sim_node"
+POLICY_NODE = "/policy_node"
+DEFAULT_DURATION = {"pick": 8.0, "handover": 15.0}  # sim seconds; the expert needs 3.9 / 8.3 s
+
+
+class DemoError(RuntimeError):
+    """An infrastructure failure (a process died, discovery or a service timed out)."""
+
+
+@dataclass
+class EpisodeResult:
+    task: str
+    instruction: str
+    seed: int
+    success: bool
+    instruction_followed: bool
+    sim_time_s: float
+    wall_time_s: float
+    chunks: int
+    trajectories_executed: int
+    inference_ms_p50: float | None
+    inference_ms_p95: float | None
+    latency_sim_ms_p50: float | None
+    latency_sim_ms_p95: float | None
+    real_time_factor: float
+    max_joint_motion: float  # largest |measured - initial| over the episode (rad / normalised)
+    tracking_error_mean: float | None  # mean |commanded - measured| over joints and time
+    policy_holds: int
+    recording: dict = field(default_factory=dict, repr=False)
+
+    def summary(self) -> dict:
+        d = asdict(self)
+        d.pop("recording")
+        return d
+
+
+# ------------------------------------------------------------------------------------ processes
+
+
+def ros_child_env(domain: int | None = None) -> dict[str, str]:
+    """This process's environment for ROS, set in os.environ too: LOCALHOST discovery and a
+    domain of its own unless the user set them (a real robot's settings are the user's)."""
+    if "ROS_AUTOMATIC_DISCOVERY_RANGE" not in os.environ:
+        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    if "ROS_DOMAIN_ID" not in os.environ:
+        os.environ["ROS_DOMAIN_ID"] = str(domain if domain is not None else 1 + os.getpid() % 100)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    env = dict(os.environ)
+    pkg_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, env.get("PYTHONPATH", "")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Child:
+    """A node process with its output in a log file; stopped with SIGINT, then killed."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path):
+        self.name, self.log_path = name, log
+        self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(args, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, text=True)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, n: int = 2000) -> str:
+        try:
+            self._log.flush()
+        except ValueError:
+            pass
+        return f"--- {self.name} ({self.log_path}) ---\n" + self.log_path.read_text()[-n:]
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._log.close()
+        return self.popen.returncode
+
+
+# ------------------------------------------------------------------------------------ the rig
+
+
+class SimRig:
+    """Sim node + policy node processes and an operator node in this process."""
+
+    def __init__(self, model_dir: Path, backend: str = "torch", log_dir: Path = Path("outputs/demo/logs"),
+                 image_size: int = 0, camera_every: int = 1, render_quality: str = "fast",
+                 real_time_factor: float = 1.0, num_steps: int = 10, record_video: bool = False):
+        self.model_dir, self.backend = Path(model_dir), backend
+        self.log_dir = Path(log_dir)
+        self.sim_params = {"image_size": image_size, "camera_every": camera_every,
+                           "render_quality": render_quality, "real_time_factor": float(real_time_factor)}
+        self.num_steps = num_steps
+        self.record_video = record_video
+        self.children: list[Child] = []
+        self.node = None
+        self._lock = threading.Lock()
+        self._rec_on = False
+        self._reset_recording()
+
+    # --------------------------------------------------------------------------- start / stop
+    def start(self, timeout: float = 180.0) -> None:
+        env = ros_child_env()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        py = sys.executable
+        sim_args = [py, "-m", "ki_vla_ros.ros.sim_node", "--ros-args"]
+        for k, v in self.sim_params.items():
+            sim_args += ["-p", f"{k}:={v}"]
+        self.children.append(Child("sim_node", sim_args, env, self.log_dir / "sim_node.log"))
+        pol_args = [py, "-m", "ki_vla_ros.cli", "run", "--model", str(self.model_dir), "--backend", self.backend,
+                    "--use-sim-time", "-p", f"num_steps:={self.num_steps}"]
+        self.children.append(Child("policy_node", pol_args, env, self.log_dir / "policy_node.log"))
+        self._start_operator()
+        self._wait_ready(timeout)
+
+    def _start_operator(self) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import Float64MultiArray, String
+
+        from ki_vla_ros.embodiment import load_embodiment
+
+        self.emb = load_embodiment("aloha_bimanual")
+        self._ctx = rclpy.Context()
+        rclpy.init(context=self._ctx)
+        self.node = rclpy.create_node("ki_vla_demo", context=self._ctx)
+        self._status: dict = {}
+        self._diag: dict = {}
+        self._diag_lat: list[float] = []
+        status_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE,
+                                durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        n = self.node
+        n.create_subscription(String, f"{SIM_NODE}/episode_status", self._on_status, status_qos)
+        n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        n.create_subscription(Float64MultiArray, f"{POLICY_NODE}/action_chunk", self._on_chunk, 10)
+        n.create_subscription(JointState, f"{SIM_NODE}/joint_commands", self._on_command, 50)
+        for src in self.emb.state:
+            n.create_subscription(JointState, src.topic, self._on_state(src.topic), qos_profile_sensor_data)
+        if self.record_video:
+            cam = self.emb.cameras[0]
+            n.create_subscription(Image, cam.topic, self._on_image, qos_profile_sensor_data)
+        self._executor = SingleThreadedExecutor(context=self._ctx)
+        self._executor.add_node(n)
+        self._spin = threading.Thread(target=self._spin_loop, daemon=True)
+        self._spin.start()
+
+    def _spin_loop(self) -> None:
+        try:
+            self._executor.spin()
+        except Exception:  # noqa: BLE001 - shutdown
+            pass
+
+    def _check_children(self) -> None:
+        for c in self.children:
+            if not c.alive():
+                raise DemoError(f"{c.name} exited with code {c.popen.returncode}\n{c.tail()}")
+
+    def _wait(self, predicate, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            self._check_children()
+            time.sleep(0.05)
+        if not predicate():
+            raise DemoError(f"timed out after {timeout:g} s waiting for {what}\n"
+                            + "\n".join(c.tail() for c in self.children))
+
+    def _wait_ready(self, timeout: float) -> None:
+        def policy_sees_robot():
+            d = self._diag
+            ages = [v for k, v in d.items() if k.startswith("age_ms")]
+            return bool(ages) and all(v != "never" for v in ages)
+
+        self._wait(lambda: bool(self._status), timeout, "the sim node's episode status")
+        self._wait(policy_sees_robot, timeout, "the policy node to receive the sim's cameras and joint states")
+
+    def close(self) -> dict[str, int | None]:
+        codes = {}
+        try:
+            if self.node is not None and self.children and self.children[1].alive():
+                try:
+                    self._trigger(f"{POLICY_NODE}/stop", timeout=3.0)
+                except DemoError:
+                    pass
+        finally:
+            for c in reversed(self.children):
+                codes[c.name] = c.stop()
+            if self.node is not None:
+                self._executor.shutdown(timeout_sec=2.0)
+                self._spin.join(timeout=5.0)
+                self.node.destroy_node()
+                self._ctx.try_shutdown()
+                self.node = None
+        return codes
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---------------------------------------------------------------------------- callbacks
+    def _on_status(self, msg) -> None:
+        self._status = json.loads(msg.data)
+
+    def _on_diag(self, arr) -> None:
+        for st in arr.status:
+            if "policy_node" in st.name:
+                values = {kv.key: kv.value for kv in st.values}
+                self._diag = values
+                if self._rec_on and values.get("state") == "running":
+                    try:
+                        self._diag_lat.append(float(values.get("latency_ms_last", "nan")))
+                    except ValueError:
+                        pass
+
+    def _on_chunk(self, msg) -> None:
+        if self._rec_on:
+            with self._lock:
+                self._rec["chunks"] += 1
+
+    def _on_command(self, msg) -> None:
+        if self._rec_on and all(s.topic in self._latest_state for s in self.emb.state):
+            t = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            with self._lock:
+                self._rec["cmd_t"].append(t)
+                self._rec["cmd"].append(np.array(msg.position))
+                self._rec["meas"].append(np.concatenate([self._latest_state[s.topic] for s in self.emb.state]))
+
+    def _on_state(self, topic):
+        from ki_vla_ros.ros.conversions import joint_positions
+
+        joints = next(s.joints for s in self.emb.state if s.topic == topic)
+
+        def cb(msg):
+            self._latest_state[topic] = joint_positions(msg, joints)
+
+        return cb
+
+    def _on_image(self, msg) -> None:
+        if self._rec_on:
+            from ki_vla_ros.ros.conversions import image_to_rgb
+
+            t = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            with self._lock:
+                self._rec["frames"].append((t, image_to_rgb(msg)))
+
+    def _reset_recording(self) -> None:
+        self._rec = {"chunks": 0, "cmd_t": [], "cmd": [], "meas": [], "frames": []}
+        self._diag_lat = []
+        if not hasattr(self, "_latest_state"):
+            self._latest_state = {}
+
+    # ----------------------------------------------------------------------------- services
+    def _call(self, srv_type, name: str, request, timeout: float = 15.0):
+        client = self.node.create_client(srv_type, name)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout):
+                raise DemoError(f"service {name} not available after {timeout:g} s")
+            future = client.call_async(request)
+            deadline = time.monotonic() + timeout
+            while not future.done() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if not future.done():
+                raise DemoError(f"service {name} did not answer within {timeout:g} s")
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def _trigger(self, name: str, timeout: float = 15.0):
+        from std_srvs.srv import Trigger
+
+        res = self._call(Trigger, name, Trigger.Request(), timeout)
+        if not res.success:
+            raise DemoError(f"{name} refused: {res.message}")
+        return res
+
+    def set_params(self, node: str, **values) -> None:
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        req = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+        for (k, _), r in zip(values.items(), self._call(SetParameters, f"{node}/set_parameters", req).results):
+            if not r.successful:
+                raise DemoError(f"{node}: parameter {k} refused: {r.reason}")
+
+    # ------------------------------------------------------------------------------ episode
+    def run_episode(self, task_name: str, seed: int, duration: float | None = None,
+                    wall_timeout: float | None = None) -> EpisodeResult:
+        """Reset the sim to (task, seed), send the task's instruction, start the policy, run until
+        success or ``duration`` sim seconds, stop the policy."""
+        from ki_vla_ros.sim.tasks import get_task
+
+        task = get_task(task_name)
+        duration = float(duration or DEFAULT_DURATION[task.kind])
+        wall_timeout = wall_timeout or 120.0 + 40.0 * duration
+        self._trigger(f"{POLICY_NODE}/stop")
+        time.sleep(0.3)  # the stop's hold trajectory reaches the sim before the reset
+        self.set_params(SIM_NODE, task=task.name, seed=int(seed), max_sim_time_s=duration)
+        episode_before = self._status.get("episode", -1)
+        self._trigger(f"{SIM_NODE}/reset")
+        self._wait(lambda: self._status.get("episode", -1) > episode_before, 30.0, "the sim's reset")
+        with self._lock:
+            self._reset_recording()
+        diag0 = dict(self._diag)
+        traj0 = int(self._status.get("trajectories", 0))
+        self.set_params(POLICY_NODE, instruction=task.instruction, seed=int(seed))
+        wall0 = time.monotonic()
+        self._rec_on = True
+        self._trigger(f"{POLICY_NODE}/start")
+        episode = self._status.get("episode")
+
+        def finished():
+            st = self._status
+            return st.get("episode") == episode and (st.get("success") or st.get("done"))
+
+        self._wait(finished, wall_timeout, f"the episode to end ({duration:g} s sim time)")
+        wall = time.monotonic() - wall0
+        st = dict(self._status)  # the outcome when the episode ended
+        self._rec_on = False
+        self._trigger(f"{POLICY_NODE}/stop")
+        time.sleep(0.6)  # one more diagnostics message with this episode's statistics
+        diag = dict(self._diag)
+        st["trajectories"] = int(st.get("trajectories", 0)) - traj0
+        return self._result(task, seed, st, diag, diag0, wall)
+
+    def _result(self, task, seed, st, diag, diag0, wall) -> EpisodeResult:
+        def num(d, k):
+            try:
+                return float(d[k])
+            except (KeyError, ValueError):
+                return None
+
+        with self._lock:
+            rec = {k: (list(v) if isinstance(v, list) else v) for k, v in self._rec.items()}
+            lat = [v for v in self._diag_lat if np.isfinite(v)]
+        cmd, meas = np.array(rec["cmd"]), np.array(rec["meas"])
+        motion = float(np.max(np.abs(meas - meas[0]))) if len(meas) else 0.0
+        track = float(np.mean(np.abs(cmd - meas))) if len(meas) else None
+        chunks_diag = (num(diag, "chunks_published") or 0) - (num(diag0, "chunks_published") or 0)
+        return EpisodeResult(
+            task=task.name, instruction=task.instruction, seed=int(seed),
+            success=bool(st.get("success")), instruction_followed=bool(st.get("instruction_followed")),
+            sim_time_s=float(st.get("episode_time", 0.0)), wall_time_s=round(wall, 2),
+            chunks=int(max(chunks_diag, rec["chunks"])),
+            trajectories_executed=int(st.get("trajectories", 0)),
+            inference_ms_p50=num(diag, "inference_ms_p50"), inference_ms_p95=num(diag, "inference_ms_p95"),
+            latency_sim_ms_p50=float(np.percentile(lat, 50)) if lat else None,
+            latency_sim_ms_p95=float(np.percentile(lat, 95)) if lat else None,
+            real_time_factor=float(st.get("real_time_factor", 0.0)),
+            max_joint_motion=motion, tracking_error_mean=track,
+            policy_holds=int((num(diag, "holds") or 0) - (num(diag0, "holds") or 0)),
+            recording=rec,
+        )
+
+
+# ------------------------------------------------------------------------------------ outputs
+
+
+def format_report(r: EpisodeResult) -> str:
+    def ms(v):
+        return "n/a" if v is None else f"{v:.0f} ms"
+
+    yes = {True: "yes", False: "no"}
+    lines = [
+        f"task:                  {r.task} (seed {r.seed})",
+        f"instruction:           {r.instruction!r}",
+        f"success:               {yes[r.success]}",
+        f"instruction followed:  {yes[r.instruction_followed]}",
+        f"sim time:              {r.sim_time_s:.2f} s  (wall {r.wall_time_s:.1f} s, sim speed "
+        f"{r.real_time_factor:.2f}x real time)",
+        f"control latency:       inference median {ms(r.inference_ms_p50)}, p95 {ms(r.inference_ms_p95)} (wall);"
+        f" observation->command median {ms(r.latency_sim_ms_p50)}, p95 {ms(r.latency_sim_ms_p95)} (sim time)",
+        f"chunks:                {r.chunks} published, {r.trajectories_executed} trajectories executed by the sim,"
+        f" {r.policy_holds} holds",
+        f"joints:                moved up to {r.max_joint_motion:.3f}, mean |commanded - measured| "
+        + ("n/a" if r.tracking_error_mean is None else f"{r.tracking_error_mean:.3f}"),
+    ]
+    return "\n".join(lines)
+
+
+def save_video(frames: list, path: Path, fps: float) -> Path:
+    """mp4 of the frames (imageio-ffmpeg); a PNG strip of up to 8 frames if that fails."""
+    frames = [f for _, f in sorted(frames, key=lambda x: x[0])]
+    if not frames:
+        raise ValueError("no camera frames were received")
+    try:
+        import imageio.v2 as imageio
+
+        with imageio.get_writer(str(path), fps=fps, codec="libx264", quality=7, macro_block_size=1) as w:
+            for f in frames:
+                w.append_data(f)
+        return path
+    except Exception as exc:  # noqa: BLE001 - fall back to a still strip
+        import imageio.v2 as imageio
+
+        idx = np.linspace(0, len(frames) - 1, min(8, len(frames))).astype(int)
+        strip = path.with_suffix(".png")
+        imageio.imwrite(str(strip), np.concatenate([frames[i] for i in idx], axis=1))
+        print(f"(video failed: {exc}; wrote a PNG strip)", file=sys.stderr)
+        return strip
+
+
+def save_joint_plot(rec: dict, names, path: Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.array(rec["cmd_t"])
+    cmd, meas = np.array(rec["cmd"]), np.array(rec["meas"])
+    fig, axes = plt.subplots(7, 2, figsize=(11, 13), sharex=True)
+    for j, name in enumerate(names):
+        ax = axes[j % 7, j // 7]
+        if len(t):
+            ax.plot(t - t[0], cmd[:, j], "--", label="commanded")
+            ax.plot(t - t[0], meas[:, j], label="measured")
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("sim time (s)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------- the CLIs
+
+
+def resolve_model(model: str) -> Path:
+    """The model folder (``--model`` or the embodiment's default); DemoError with how to make one."""
+    from ki_vla_ros.embodiment import load_embodiment, resolve_model_dir
+
+    emb = load_embodiment("aloha_bimanual")
+    path = resolve_model_dir(model, emb)
+    if not (path / "model.yaml").is_file():
+        if model:
+            raise DemoError(f"{path} is not a model folder (no model.yaml)")
+        raise DemoError(
+            f"the default model '{emb.model}' was not found ({path}).\n"
+            "Train one (ki-vla train ...) or, to try the pipeline with random weights, make one:\n"
+            f"  ki-vla init-model {emb.model} --embodiment aloha_bimanual --preset tiny\n"
+            "or pass --model DIR."
+        )
+    return path
+
+
+def _common_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--model", default="", help="model folder (default: models/aloha_sim_ki)")
+    ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    ap.add_argument("--duration", type=float, default=None,
+                    help="episode length in sim seconds (default: 8 for picks, 15 for hand-overs)")
+    ap.add_argument("--image-size", type=int, default=0, help="camera size in pixels (default: the embodiment's)")
+    ap.add_argument("--camera-every", type=int, default=1, help="publish the cameras every k-th sim step [1]")
+    ap.add_argument("--render-quality", default="fast", choices=["fast", "full"])
+    ap.add_argument("--num-steps", type=int, default=10, help="flow-matching steps of the policy [10]")
+    ap.add_argument("--real-time-factor", type=float, default=1.0,
+                    help="upper bound on the sim's speed (x real time; 0 = unbounded) [1.0]")
+
+
+def _rig(opts, out: Path, record_video: bool) -> SimRig:
+    return SimRig(resolve_model(opts.model), backend=opts.backend, log_dir=out / "logs",
+                  image_size=opts.image_size, camera_every=opts.camera_every, render_quality=opts.render_quality,
+                  real_time_factor=opts.real_time_factor, num_steps=opts.num_steps, record_video=record_video)
+
+
+def demo_main(argv: list[str] | None = None) -> int:
+    """`ki-vla demo`: one closed-loop episode of the simulated ALOHA driven by the policy node."""
+    from ki_vla_ros.sim.tasks import TASK_NAMES
+
+    ap = argparse.ArgumentParser(prog="ki-vla demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task", default="pick_red_left", choices=TASK_NAMES)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="outputs/demo", help="folder for the video, plot, report and logs")
+    _common_args(ap)
+    opts = ap.parse_args(argv)
+    out = Path(opts.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        rig = _rig(opts, out, record_video=True)
+    except DemoError as exc:
+        print(f"ki-vla demo: {exc}", file=sys.stderr)
+        return 2
+    print(f"ki-vla demo: starting the sim and the policy node (model {rig.model_dir}, backend {opts.backend}; "
+          f"ROS_DOMAIN_ID {os.environ.get('ROS_DOMAIN_ID', '(set below)')}) ...", flush=True)
+    try:
+        rig.start()
+        print(f"running {opts.task} (seed {opts.seed}) ...", flush=True)
+        r = rig.run_episode(opts.task, opts.seed, opts.duration)
+    except (DemoError, KeyboardInterrupt) as exc:
+        print(f"ki-vla demo: failed: {exc}", file=sys.stderr)
+        rig.close()
+        return 1
+    codes = rig.close()
+    print(format_report(r))
+    fps = 50.0 / max(1, opts.camera_every)
+    files = []
+    try:
+        files.append(save_video(r.recording["frames"], out / "episode.mp4", fps))
+    except (ValueError, OSError) as exc:
+        print(f"(no video: {exc})", file=sys.stderr)
+    from ki_vla_ros.sim.aloha import JOINT_NAMES
+
+    files.append(save_joint_plot(r.recording, JOINT_NAMES, out / "joints.png",
+                                 f"{r.task} seed {r.seed}: success {r.success}"))
+    report = {**r.summary(), "model": str(rig.model_dir), "backend": opts.backend, "exit_codes": codes}
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    files.append(out / "report.json")
+    print("saved:                 " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """`ki-vla eval`: closed-loop success and instruction following per task over seeded episodes."""
+    from ki_vla_ros.sim.tasks import TASK_NAMES
+
+    ap = argparse.ArgumentParser(prog="ki-vla eval", description=eval_main.__doc__.split(":", 1)[1].strip())
+    ap.add_argument("--episodes", type=int, default=5, help="episodes per task (seeds S .. S+N-1) [5]")
+    ap.add_argument("--tasks", default="all", help=f"'all' or a comma list of {', '.join(TASK_NAMES)}")
+    ap.add_argument("--seed", type=int, default=1000, help="first scene seed [1000]")
+    ap.add_argument("--out", default="outputs/eval", help="folder for results.json / results.csv / logs")
+    _common_args(ap)
+    opts = ap.parse_args(argv)
+    tasks = list(TASK_NAMES) if opts.tasks == "all" else [t.strip() for t in opts.tasks.split(",") if t.strip()]
+    bad = [t for t in tasks if t not in TASK_NAMES]
+    if bad or not tasks or opts.episodes < 1:
+        ap.error(f"unknown tasks {bad}; choose from {', '.join(TASK_NAMES)}" if bad else "nothing to evaluate")
+    out = Path(opts.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        rig = _rig(opts, out, record_video=False)
+    except DemoError as exc:
+        print(f"ki-vla eval: {exc}", file=sys.stderr)
+        return 2
+    results: list[EpisodeResult] = []
+    try:
+        rig.start()
+        for task in tasks:
+            for k in range(opts.episodes):
+                r = rig.run_episode(task, opts.seed + k, opts.duration)
+                results.append(r)
+                print(f"  {task:<28} seed {r.seed:<5} success {int(r.success)}  followed "
+                      f"{int(r.instruction_followed)}  sim {r.sim_time_s:5.2f} s  chunks {r.chunks}", flush=True)
+    except (DemoError, KeyboardInterrupt) as exc:
+        print(f"ki-vla eval: failed: {exc}", file=sys.stderr)
+        rig.close()
+        return 1
+    rig.close()
+    table = summarize(results)
+    print(format_table(table))
+    meta = {"model": str(rig.model_dir), "backend": opts.backend, "episodes_per_task": opts.episodes,
+            "first_seed": opts.seed, "duration": opts.duration, "image_size": opts.image_size,
+            "camera_every": opts.camera_every, "render_quality": opts.render_quality}
+    (out / "results.json").write_text(json.dumps(
+        {"meta": meta, "per_task": table, "episodes": [r.summary() for r in results]}, indent=2))
+    with open(out / "results.csv", "w", newline="") as f:
+        rows = [r.summary() for r in results]
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"saved: {out / 'results.json'}, {out / 'results.csv'}")
+    return 0
+
+
+def summarize(results: list[EpisodeResult]) -> dict[str, dict]:
+    table: dict[str, dict] = {}
+    for name in dict.fromkeys(r.task for r in results):
+        rs = [r for r in results if r.task == name]
+        table[name] = {
+            "instruction": rs[0].instruction,
+            "episodes": len(rs),
+            "success_rate": sum(r.success for r in rs) / len(rs),
+            "instruction_following_rate": sum(r.instruction_followed for r in rs) / len(rs),
+            "mean_sim_time_s": float(np.mean([r.sim_time_s for r in rs])),
+            "seeds": [r.seed for r in rs],
+        }
+    if results:
+        table["all"] = {
+            "instruction": "",
+            "episodes": len(results),
+            "success_rate": sum(r.success for r in results) / len(results),
+            "instruction_following_rate": sum(r.instruction_followed for r in results) / len(results),
+            "mean_sim_time_s": float(np.mean([r.sim_time_s for r in results])),
+            "seeds": sorted({r.seed for r in results}),
+        }
+    return table
+
+
+def format_table(table: dict[str, dict]) -> str:
+    lines = [f"{'task':<28} {'episodes':>8} {'success':>8} {'followed':>9} {'sim s':>6}"]
+    for name, row in table.items():
+        lines.append(f"{name:<28} {row['episodes']:>8} {row['success_rate']:>8.0%} "
+                     f"{row['instruction_following_rate']:>9.0%} {row['mean_sim_time_s']:>6.2f}")
+    return "\n".join(lines)
+
+
+__all__ = ["SimRig", "EpisodeResult", "demo_main", "eval_main", "format_report", "summarize", "resolve_model"]
+
+if __name__ == "__main__":
+    sys.exit(demo_main())

@@ -1,0 +1,228 @@
+"""Everything the trainer needs from the data: datasets, normalisation statistics, tokenizers, the
+mixture, the example builder and the fixed held-out set.
+
+Assets (fitted once, at the start of a fresh run, by rank 0, then read by every rank and on
+``--resume``) live in ``<run_dir>/assets/``: ``text_tokenizer.json``, ``action_tokenizer.json``,
+``norm_stats/<dataset>.json`` (1st/99th percentiles of the training episodes, robot units),
+``model.yaml`` (the final ModelConfig), ``layout.yaml`` (the export dataset's cameras, state and
+action names, control rate), ``data_report.json`` (what reading found: counts and problems).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ki_vla_ros.configio import dump_config, load_config
+from ki_vla_ros.data.examples import ExampleBuilder
+from ki_vla_ros.data.mixture import MixtureSampler
+from ki_vla_ros.data.robot import RobotDataset, load_robot_episodes, split_episodes
+from ki_vla_ros.data.vlm import load_vlm_jsonl, read_image, split_by_image
+from ki_vla_ros.model.config import ModelConfig
+from ki_vla_ros.model.recipes import get_recipe
+from ki_vla_ros.normalize import NormStats, QuantileStats
+from ki_vla_ros.runtime.model_dir import Layout
+from ki_vla_ros.tokenize.fast import FastTokenizer
+from ki_vla_ros.tokenize.naive import NaiveTokenizer, load_action_tokenizer
+from ki_vla_ros.tokenize.prompt import PromptBuilder
+from ki_vla_ros.tokenize.text import TextTokenizer
+from ki_vla_ros.train.config import TrainConfig
+
+
+class VLMDataset:
+    def __init__(self, records, indices, image_size: int):
+        self.records, self.indices, self.size = records, list(indices), image_size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def raw(self, i: int):
+        r = self.records[self.indices[i]]
+        return [read_image(p, self.size) for p in r.images], r.prompt, r.answer
+
+
+@dataclass
+class TrainData:
+    config: ModelConfig
+    names: list[str]
+    kinds: list[str]
+    train: list  # RobotDataset | VLMDataset per dataset
+    val: list
+    sampler: MixtureSampler
+    builder: ExampleBuilder
+    layout: Layout
+    text_tokenizer: TextTokenizer
+    action_tokenizer: object
+    norm_stats: dict[str, NormStats]
+    export_dataset: str
+    report: dict
+
+    def example(self, d: int, i: int, split: str = "train") -> dict:
+        ds = (self.train if split == "train" else self.val)[d]
+        if self.kinds[d] == "vlm":
+            return self.builder.vlm(*ds.raw(i))
+        return self.builder.robot(ds.raw(i), self.names[d])
+
+    def eval_examples(self, n: int, seed: int) -> list[dict]:
+        """A fixed held-out set: up to n robot and n VLM examples, spread evenly over the held-out data."""
+        out = []
+        for want in ("robot", "vlm"):
+            pool = [(d, i) for d, ds in enumerate(self.val) if (self.kinds[d] == "vlm") == (want == "vlm")
+                    for i in range(len(ds))]
+            if pool:
+                pick = np.random.default_rng(seed).choice(len(pool), size=min(n, len(pool)), replace=False)
+                out += [self.example(*pool[j], split="val") for j in sorted(pick)]
+        return out
+
+
+def _derived_config(cfg: TrainConfig, state_dims: list[int], action_dims: list[int]) -> ModelConfig:
+    """Preset + overrides; widths padded to cover every robot dataset (multiple of 8) and a text
+    prefix long enough for the state, unless the overrides set them."""
+    base = ModelConfig.preset(cfg.model.preset)
+    o = dict(cfg.model.overrides)
+
+    def pad8(n):
+        return max(8, -(-n // 8) * 8)
+
+    o.setdefault("state_dim", max(base.state_dim, pad8(max(state_dims))))
+    o.setdefault("action_dim", max(base.action_dim, pad8(max(action_dims))))
+    mode = o.get("state_mode", base.state_mode)
+    if mode != "continuous":
+        o.setdefault("max_prefix_tokens", max(base.max_prefix_tokens, (2 if mode == "text" else 1)
+                                              * max(state_dims) + 32))
+    return get_recipe(cfg.recipe).apply(ModelConfig.preset(cfg.model.preset, **o))
+
+
+def prepare_data(cfg: TrainConfig, rank: int = 0, fit_assets: bool = True, barrier=lambda: None,
+                 log=print) -> TrainData:
+    """Load the datasets and (fresh run, rank 0) fit and write the assets, then load them."""
+    run_dir = Path(cfg.run_dir)
+    assets = run_dir / "assets"
+    cache = cfg.cache_dir or str(run_dir / "cache")
+    recipe = get_recipe(cfg.recipe)
+    image_size = ModelConfig.preset(cfg.model.preset, **{k: v for k, v in cfg.model.overrides.items()
+                                                         if k in ("image_size", "patch_size")}).image_size
+    # 1. read datasets (rank 0 first, so the cache is written once)
+    names, kinds, trains, vals, weights, reports = [], [], [], [], [], {}
+    robot_eps: dict[str, tuple] = {}
+
+    def read_all():
+        for d in cfg.datasets:
+            if d.type == "vlm":
+                continue
+            eps, rep = load_robot_episodes(d, image_size, cache, log=log)
+            if not eps:
+                raise ValueError(f"dataset '{d.name}': no episodes in {d.path} ({rep.summary()})")
+            robot_eps[d.name] = (eps, rep)
+
+    if rank == 0:
+        read_all()
+    barrier()
+    if rank != 0:
+        read_all()
+
+    for d in cfg.datasets:
+        if d.type == "vlm":
+            if not recipe.vlm_cotrain:
+                log(f"[data] recipe '{recipe.name}' does not co-train on VLM data: skipping '{d.name}'")
+                continue
+            records = load_vlm_jsonl(d.path)
+            tr, va = split_by_image(records, d.val_fraction, cfg.seed)
+            trains.append(VLMDataset(records, tr, image_size))
+            vals.append(VLMDataset(records, va, image_size))
+            reports[d.name] = {"records": len(records), "train": len(tr), "val": len(va)}
+        else:
+            eps, rep = robot_eps[d.name]
+            tr_eps, va_eps = split_episodes(eps, d.val_episodes, cfg.seed)
+            horizon = _horizon(cfg)
+            trains.append(RobotDataset(tr_eps, horizon))
+            vals.append(RobotDataset(va_eps, horizon))
+            rep.samples = len(trains[-1]) + len(vals[-1])
+            rep_d = rep.to_dict()
+            rep_d.update(train_episodes=len(tr_eps), val_episodes=len(va_eps), train_samples=len(trains[-1]),
+                         val_samples=len(vals[-1]))
+            reports[d.name] = rep_d
+            log(f"[data] {d.name}: {rep.summary()}; train {len(tr_eps)} episodes / {len(trains[-1])} samples, "
+                f"held out {len(va_eps)} / {len(vals[-1])}")
+        names.append(d.name)
+        kinds.append(d.type)
+        weights.append(d.weight)
+
+    robot_names = [n for n, k in zip(names, kinds) if k != "vlm"]
+    export = cfg.export_dataset or robot_names[0]
+
+    # 2. assets: fit (fresh run, rank 0) or load
+    if fit_assets and rank == 0:
+        _fit_assets(cfg, assets, names, kinds, trains, export, reports, log)
+    barrier()
+    model_cfg = load_config(ModelConfig, assets / "model.yaml")
+    layout = load_config(Layout, assets / "layout.yaml")
+    text_tok = TextTokenizer.load(assets / "text_tokenizer.json")
+    action_tok = load_action_tokenizer(assets / "action_tokenizer.json")
+    norm = {n: NormStats.load(assets / "norm_stats" / f"{n}.json") for n in robot_names}
+    builder = ExampleBuilder(model_cfg, PromptBuilder(text_tok, model_cfg), layout.camera_names, norm,
+                             action_tok if (recipe.use_fast and recipe.action_tokenizer) else None)
+    sampler = MixtureSampler([len(t) for t in trains], weights, cfg.seed)
+    return TrainData(model_cfg, names, kinds, trains, vals, sampler, builder, layout, text_tok, action_tok, norm,
+                     export, reports)
+
+
+def _horizon(cfg: TrainConfig) -> int:
+    return int(cfg.model.overrides.get("action_horizon", ModelConfig.preset(cfg.model.preset).action_horizon))
+
+
+def _fit_assets(cfg, assets: Path, names, kinds, trains, export, reports, log) -> None:
+    recipe = get_recipe(cfg.recipe)
+    (assets / "norm_stats").mkdir(parents=True, exist_ok=True)
+    sdims, adims, norm = [], [], {}
+    for n, k, ds in zip(names, kinds, trains):
+        if k == "vlm":
+            continue
+        s, a = ds.state_action_rows()
+        norm[n] = NormStats(QuantileStats.compute(s), QuantileStats.compute(a))
+        norm[n].save(assets / "norm_stats" / f"{n}.json")
+        sdims.append(s.shape[1])
+        adims.append(a.shape[1])
+    model_cfg = _derived_config(cfg, sdims, adims)
+    dump_config(model_cfg, assets / "model.yaml")
+
+    ei = names.index(export)
+    ep0 = trains[ei].episodes[0]
+    dump_config(Layout(list(ep0.camera_names), list(ep0.state_names), list(ep0.action_names),
+                       float(ep0.control_rate_hz)), assets / "layout.yaml")
+
+    # text tokenizer: instructions, VLM prompts/answers and the state numbers
+    texts = []
+    for k, ds in zip(kinds, trains):
+        if k == "vlm":
+            texts += [f"{r.prompt} {r.answer}" for r in (ds.records[i] for i in ds.indices)]
+        else:
+            texts += sorted({e.instruction for e in ds.episodes})
+    numbers = " ".join(str(b) for b in range(model_cfg.state_bins))
+    texts += [f"Task: , State: {numbers};\nAction: "] * 8
+    vocab = cfg.tokenizers.text_vocab_size or min(2048, model_cfg.text_vocab_limit)
+    if vocab > model_cfg.text_vocab_limit:
+        raise ValueError(f"tokenizers.text_vocab_size {vocab} exceeds the model's text id range "
+                         f"{model_cfg.text_vocab_limit}")
+    TextTokenizer.train(texts, vocab_size=vocab).save(assets / "text_tokenizer.json")
+
+    # action tokenizer: FAST fitted on normalised chunks of the training data (or naive bins)
+    if recipe.action_tokenizer == "naive":
+        NaiveTokenizer(bins=cfg.tokenizers.naive_bins or min(256, model_cfg.num_fast_tokens)).save(
+            assets / "action_tokenizer.json")
+    else:
+        rng = np.random.default_rng(cfg.seed)
+        chunks = []
+        for n, k, ds in zip(names, kinds, trains):
+            if k == "vlm" or not len(ds):
+                continue
+            pick = rng.choice(len(ds), size=min(cfg.tokenizers.fit_chunks, len(ds)), replace=False)
+            chunks += [norm[n].actions.normalize(ds.raw(int(i))["chunk"]) for i in pick]
+        fast_vocab = cfg.tokenizers.fast_vocab_size or min(1024, model_cfg.num_fast_tokens)
+        FastTokenizer(scale=cfg.tokenizers.fast_scale, vocab_size=fast_vocab).fit(chunks).save(
+            assets / "action_tokenizer.json")
+    (assets / "data_report.json").write_text(json.dumps(reports, indent=1))
+    log(f"[data] assets written to {assets}")

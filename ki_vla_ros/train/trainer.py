@@ -1,0 +1,287 @@
+"""The training loop behind `ki-vla train`.
+
+One process, or one per device under ``torchrun --nproc_per_node N`` (DDP; gloo on CPU, nccl on
+GPUs). Every rank draws the same global batch from the seeded mixture and keeps its slice.
+Per step: `grad_accum` micro-batches (DDP gradient sync on the last only), global-norm clipping,
+AdamW with linear warm-up and cosine decay (lr set from the step, no scheduler state), optional
+EMA of the trained parameters. bf16 autocast on CUDA only (CPU stays fp32).
+
+Exact resume: a checkpoint holds the parameters, the AdamW state, the EMA, every rank's torch /
+numpy / python generator states and the mixture sampler's state; the learning rate is a function
+of the step and the evaluation never draws from the training generators, so a resumed run repeats
+the uninterrupted one's steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ki_vla_ros.configio import dump_config, to_dict
+from ki_vla_ros.model import KIVLA
+from ki_vla_ros.model.recipes import get_recipe
+from ki_vla_ros.tokenize.prompt import collate
+from ki_vla_ros.train import checkpoint as ckpt
+from ki_vla_ros.train.config import TrainConfig
+from ki_vla_ros.train.data_setup import prepare_data
+from ki_vla_ros.train.evaluate import EVAL_KEYS, CsvLog, evaluate, plot_curves
+
+LOSS_KEYS = ("loss", "flow_loss", "fast_loss", "text_loss")
+
+
+class _LossModule(nn.Module):
+    """forward(batch) -> losses, so DDP sees a forward() (its reducer is prepared there)."""
+
+    def __init__(self, model: KIVLA):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return self.model.compute_loss(batch)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    span = max(1, cfg.steps - o.warmup_steps)
+    progress = min(1.0, (step - o.warmup_steps) / span)
+    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _dist_env() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - user code may use the global one
+    torch.manual_seed(seed)
+
+
+def init_weights(model: KIVLA, init: str, fmt: str, log=print) -> None:
+    if not init:
+        return
+    path = Path(init)
+    if fmt == "auto":
+        fmt = "model_dir" if (path / "model.yaml").is_file() else "pi05"
+    if fmt == "model_dir":
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path / "weights.safetensors"))
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{path}: weights do not match the model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+    else:
+        from ki_vla_ros.train.import_pi05 import load_pi05_into
+
+        load_pi05_into(model, path)
+    log(f"[train] initialised from {path} ({fmt})")
+
+
+def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
+    rank, world, local_rank = _dist_env()
+    distributed = world > 1
+    if cfg.device == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+    if distributed:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        barrier = dist.barrier
+    else:
+        def barrier():
+            return None
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    is_main = rank == 0
+    say = log if is_main else (lambda *a, **k: None)
+    run_dir = Path(cfg.run_dir)
+    start_ckpt = None
+    if resume:
+        start_ckpt = ckpt.latest_checkpoint(run_dir)
+        if start_ckpt is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {ckpt.checkpoint_dir(run_dir)}")
+    elif ckpt.list_checkpoints(run_dir):
+        raise FileExistsError(f"{run_dir} already has checkpoints: pass --resume to continue it, or use a new run_dir")
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run_dir / "train_config.yaml")
+    barrier()
+
+    data = prepare_data(cfg, rank, fit_assets=not resume, barrier=barrier, log=say)
+    recipe = get_recipe(cfg.recipe)
+    _seed_all(cfg.seed)  # identical initial weights on every rank
+    model = KIVLA(data.config)
+    init_weights(model, cfg.model.init, cfg.model.init_format, log=say)
+    params = recipe.configure(model)
+    model.to(device).train()
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = [p for p in params if p.ndim >= 2 and "embed" not in names[id(p)]]
+    no_decay = [p for p in params if not (p.ndim >= 2 and "embed" not in names[id(p)])]
+    o = cfg.optim
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas),
+                                  eps=o.eps)
+    trained = {names[id(p)]: p for p in params}
+    ema = {k: p.detach().clone() for k, p in trained.items()} if cfg.ema_decay > 0 else None
+    _seed_all(cfg.seed * 1000 + rank + 1)  # per-rank noise / flow times
+
+    step = 0
+    if start_ckpt is not None:
+        state = ckpt.load_checkpoint(start_ckpt, rank)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            if state["ema"] is None:
+                raise ValueError(f"{start_ckpt}: no ema.safetensors but ema_decay > 0")
+            ema = {k: v.to(device) for k, v in state["ema"].items()}
+        tr = state["trainer"]
+        if tr["world_size"] != world:
+            raise ValueError(f"{start_ckpt} was written by {tr['world_size']} processes, this run has {world}: "
+                             f"an exact resume needs the same number")
+        data.sampler.load_state_dict(tr["sampler"])
+        if state["rng"] is None:
+            raise ValueError(f"{start_ckpt}: no generator state for rank {rank}")
+        ckpt.set_rng_state(*state["rng"])
+        step = int(tr["step"])
+        say(f"[train] resumed from {start_ckpt} at step {step}")
+
+    loss_module = _LossModule(model)
+    net = loss_module
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(loss_module, device_ids=[device.index] if device.type == "cuda" else None)
+    use_bf16 = device.type == "cuda" and cfg.precision in ("auto", "bf16")
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
+
+    eval_set = data.eval_examples(cfg.eval_samples, cfg.seed) if is_main else []
+    train_log = CsvLog(run_dir / "train_log.csv", [*LOSS_KEYS, "lr", "grad_norm", "steps_per_s"],
+                       truncate_after=step) if is_main else None
+    eval_log = CsvLog(run_dir / "eval.csv", list(EVAL_KEYS), truncate_after=step) if is_main else None
+    assets = run_dir / "assets"
+
+    def next_batch():
+        draws = data.sampler.draw(cfg.batch_size * world)
+        mine = draws[rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
+        batch = collate([data.example(d, i) for d, i in mine])
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+    def save(step_now: int) -> None:
+        tmp = ckpt.begin_checkpoint(run_dir, step_now) if is_main else None
+        barrier()
+        tmp = ckpt.checkpoint_dir(run_dir) / f".{ckpt.step_name(step_now)}.tmp"
+        ckpt.write_rank_rng(tmp, rank)
+        barrier()
+        if is_main:
+            trainer_state = {"step": step_now, "world_size": world, "sampler": data.sampler.state_dict(),
+                             "recipe": cfg.recipe, "config": to_dict(cfg), "time": time.time()}
+            ckpt.write_main(tmp, model, optimizer, ema, trainer_state, assets)
+            ckpt.commit_checkpoint(run_dir, tmp, step_now, cfg.keep_checkpoints)
+        barrier()
+
+    def run_eval(step_now: int) -> dict:
+        if not is_main or not eval_set:
+            return {}
+        target = model
+        backup = None
+        if ema is not None:
+            backup = {k: p.detach().clone() for k, p in trained.items()}
+            with torch.no_grad():
+                for k, p in trained.items():
+                    p.copy_(ema[k])
+        metrics = evaluate(target, eval_set, cfg.batch_size, cfg.num_flow_steps, device, seed=cfg.seed)
+        if backup is not None:
+            with torch.no_grad():
+                for k, p in trained.items():
+                    p.copy_(backup[k])
+        eval_log.write(step_now, metrics)
+        plot_curves(run_dir)
+        say(f"[eval] step {step_now}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        return metrics
+
+    bar = None
+    if is_main and cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.recipe}", dynamic_ncols=True)
+    acc = {k: 0.0 for k in LOSS_KEYS}
+    acc_n, t_log, steps_timed, t_start = 0, time.perf_counter(), 0, time.perf_counter()
+    start_step = step
+    metrics: dict = {}
+    while step < cfg.steps:
+        lr = lr_at(step, cfg)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        for micro in range(cfg.grad_accum):
+            batch = next_batch()
+            sync = nullcontext() if (not distributed or micro == cfg.grad_accum - 1) else net.no_sync()
+            with sync:
+                with autocast():
+                    losses = net(batch)
+                (losses["loss"] / cfg.grad_accum).backward()
+            for k in LOSS_KEYS:
+                acc[k] += float(losses[k].detach()) / cfg.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip if o.grad_clip > 0 else float("inf"))
+        if not torch.isfinite(grad_norm):
+            raise FloatingPointError(f"step {step}: non-finite gradient norm ({float(grad_norm)}); stopping")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            with torch.no_grad():
+                for k, p in trained.items():
+                    ema[k].mul_(cfg.ema_decay).add_(p.detach(), alpha=1 - cfg.ema_decay)
+        step += 1
+        acc_n += 1
+        steps_timed += 1
+        if bar is not None:
+            bar.update(1)
+            post = {k.replace("_loss", ""): f"{float(losses[k].detach()):.3f}" for k in LOSS_KEYS}
+            bar.set_postfix(post | {"lr": f"{lr:.2e}"})
+        if is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+            now = time.perf_counter()
+            row = {k: acc[k] / acc_n for k in LOSS_KEYS}
+            row.update(lr=lr, grad_norm=float(grad_norm), steps_per_s=acc_n / (now - t_log))
+            train_log.write(step, row)
+            acc, acc_n, t_log = {k: 0.0 for k in LOSS_KEYS}, 0, now
+        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+            metrics = run_eval(step)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save(step)
+    elapsed = time.perf_counter() - t_start
+    if bar is not None:
+        bar.close()
+    if cfg.save_rank_params:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(run_dir / f"final_params_rank{rank}.safetensors"))
+    counts = dict(data.builder.counts)
+    summary = {"steps": step, "resumed_from": start_step, "world_size": world, "device": str(device),
+               "seconds": round(elapsed, 2), "steps_per_s": round(steps_timed / elapsed, 3) if elapsed else None,
+               "final_eval": metrics, "example_notes": counts,
+               "checkpoint": str(ckpt.latest_checkpoint(run_dir)) if is_main else None}
+    if is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+        say(f"[train] done: {json.dumps(summary, default=float)}")
+    if distributed:
+        import torch.distributed as dist
+
+        barrier()
+        dist.destroy_process_group()
+    return summary
