@@ -8,8 +8,9 @@ std_msgs/Float64MultiArray for joint_group_position, geometry_msgs/Twist[Stamped
 Time alignment: a regular grid at the embodiment's control rate from the first time every
 required topic has spoken to the last message time. Times are header stamps (bag receive time
 when a header stamp is zero), in integer nanoseconds. At grid time t_k every topic contributes
-its latest message with stamp <= t_k; a message older than `max_age_s` (default 1.5 control
-periods) is *misaligned*, no message at all is *missing*, one that does not deserialise / decode
+its latest message with stamp <= t_k; if that message is older than `max_age_s` (default half a
+control period; raise it for cameras slower than the control rate) the step is *stale* (a
+dropped or late message), no message at all is *missing*, one that does not deserialise / decode
 or lacks a joint is *corrupt*. Any of them makes step k invalid (counted per reason and topic in
 the `LoadReport`); nothing is interpolated or filled.
 
@@ -151,7 +152,7 @@ def read_bag_episodes(bag: str | Path, emb: Embodiment, image_size: int, action_
         tr.finish()
 
     rate = emb.control_rate_hz
-    max_age = int(round((max_age_s or 1.5 / rate) * NS))
+    max_age = int(round((max_age_s or 0.5 / rate) * NS))
     start = max(int(tr.t[0]) for tr in tracks.values())
     stop = max(int(tr.t[-1]) for tr in tracks.values())
     n = int((stop - start) * rate // NS) + 1
@@ -173,7 +174,7 @@ def read_bag_episodes(bag: str | Path, emb: Embodiment, image_size: int, action_
                 bad[f"missing: {topic}"] += 1
                 valid[k] = False
             elif not fresh[k]:
-                bad[f"misaligned: {topic}"] += 1
+                bad[f"stale: {topic}"] += 1
                 valid[k] = False
             else:
                 write(k, tr.v[idx[k]])

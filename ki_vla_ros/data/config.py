@@ -18,7 +18,7 @@ class DatasetConfig:
     instruction: str = ""  # fallback instruction (rosbag: after topic and metadata.yaml)
     instruction_topic: str = "/instruction"
     segment_by: Literal["bag", "instruction"] = "bag"
-    max_age_s: float = 0.0  # a message older than this at a grid step is misaligned (0: 1.5 periods)
+    max_age_s: float = 0.0  # a message older than this at a grid step is stale (0: half a period)
     # lerobot
     cameras: dict[str, str] = field(default_factory=dict)  # feature key -> camera name
     state_key: str = "observation.state"

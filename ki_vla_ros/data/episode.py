@@ -77,7 +77,7 @@ class LoadReport:
                    Counter(d["problems"]))
 
     def summary(self) -> str:
-        text = f"{self.source}: {self.episodes} episodes, {self.steps} steps, {self.samples} samples"
+        text = f"{self.source}: {self.episodes} episodes, {self.steps} steps"
         if self.problems:
             text += "; problems: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.problems.items()))
         return text

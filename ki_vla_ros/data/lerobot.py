@@ -162,7 +162,7 @@ def read_lerobot(root: str | Path, image_size: int, cameras: dict[str, str] | No
                 else:
                     bad[f"missing: {key} frame"] += 1
         valid &= mask.all(1)
-        report.problems.update(bad)
+        report.problems.update({k: v for k, v in bad.items() if v})
         tasks = [int(table["task_index"][i]) for i in rows] if "task_index" in table else [0] * n
         starts = [0] + [j for j in range(1, n) if tasks[j] != tasks[j - 1]] + [n]
         for a, b in zip(starts[:-1], starts[1:]):

@@ -1,0 +1,95 @@
+"""Rosbag episodes: values against what was written, alignment problems counted, chunks, mixture."""
+
+import numpy as np
+import pytest
+
+from ki_vla_ros.data.bags import read_bag_episodes
+from ki_vla_ros.data.mixture import MixtureSampler
+from ki_vla_ros.data.synthetic import write_aloha_bag, write_vlm_jsonl
+from ki_vla_ros.data.vlm import load_vlm_jsonl, split_by_image
+from ki_vla_ros.embodiment import load_embodiment
+
+EMB = load_embodiment("aloha_bimanual")
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_clean_bag_matches_written_values(tmp_path, storage):
+    a = write_aloha_bag(tmp_path / "bag", steps=30, seed=1, image_size=40, storage=storage)
+    eps, rep = read_bag_episodes(tmp_path / "bag", EMB, image_size=32)
+    assert len(eps) == 1 and not rep.problems
+    e = eps[0]
+    assert e.instruction == "pick up the blue cube" and len(e) == 30 and e.valid.all()
+    np.testing.assert_array_equal(e.state, a["q"])
+    np.testing.assert_array_equal(e.actions, a["actions"])
+    assert e.images.shape == (30, 3, 32, 32, 3) and e.image_mask.all()
+    # resized with padding (40 -> 32, square: no bars); colour encodes step and camera
+    assert e.images[7, 1, 16, 16, 0] == (5 * 7 + 40) % 256
+    assert e.state_names == EMB.state_names and e.action_names == EMB.action_names
+    # chunks: H actions from k, the last one held past the end
+    np.testing.assert_array_equal(e.chunk(3, 5), a["actions"][3:8])
+    np.testing.assert_array_equal(e.chunk(28, 5), a["actions"][[28, 29, 29, 29, 29]])
+    assert len(e.sample_steps(5)) == 30
+
+
+def test_problems_are_counted_and_steps_dropped(tmp_path):
+    write_aloha_bag(tmp_path / "bag", steps=30, drop={"/cam_high/image_raw": [5]},
+                    delay={"/follower_left/joint_states": [10]}, corrupt={"/follower_right/joint_states": [20]})
+    eps, rep = read_bag_episodes(tmp_path / "bag", EMB, image_size=32)
+    e = eps[0]
+    assert np.flatnonzero(~e.valid).tolist() == [5, 10, 20]
+    assert rep.problems["stale: /cam_high/image_raw"] == 1
+    assert rep.problems["stale: /follower_left/joint_states"] == 1
+    assert rep.problems["corrupt: /follower_right/joint_states"] == 1
+    assert rep.problems["stale: /follower_right/joint_states"] == 1
+    # no sample whose observation or chunk touches an invalid step
+    steps = e.sample_steps(4)
+    for bad in (5, 10, 20):
+        assert not any(k <= bad < k + 4 for k in steps)
+    assert 0 in steps and 29 in steps
+
+
+def test_measured_actions_are_next_positions(tmp_path):
+    a = write_aloha_bag(tmp_path / "bag", steps=20)
+    eps, _ = read_bag_episodes(tmp_path / "bag", EMB, 32, action_source="measured")
+    e = eps[0]
+    np.testing.assert_array_equal(e.actions[:-1], a["q"][1:])
+    assert not e.valid[-1] and e.valid[:-1].all()
+
+
+def test_missing_instruction_is_an_error(tmp_path):
+    write_aloha_bag(tmp_path / "bag", steps=10, instruction=" ")
+    with pytest.raises(ValueError, match="no instruction"):
+        read_bag_episodes(tmp_path / "bag", EMB, 32)
+    eps, _ = read_bag_episodes(tmp_path / "bag", EMB, 32, instruction="fallback task")
+    assert eps[0].instruction == "fallback task"
+
+
+def test_mixture_weights_epochs_and_exact_resume():
+    s = MixtureSampler([10, 40], [3.0, 1.0], seed=7)
+    draws = s.draw(4000)
+    share = np.mean([d == 0 for d, _ in draws])
+    assert abs(share - 0.75) < 0.03
+    firsts = [i for d, i in draws if d == 0][:10]
+    assert sorted(firsts) == list(range(10))  # each item once per epoch
+    a = MixtureSampler([10, 40], [3.0, 1.0], seed=7)
+    a.draw(123)
+    state = a.state_dict()
+    import json
+
+    b = MixtureSampler([10, 40], [3.0, 1.0], seed=7)
+    b.load_state_dict(json.loads(json.dumps(state)))
+    assert a.draw(500) == b.draw(500)
+    assert MixtureSampler([10, 40], [3.0, 1.0], seed=8).draw(50) != MixtureSampler([10, 40], [3.0, 1.0], 7).draw(50)
+    with pytest.raises(ValueError, match="sizes"):
+        MixtureSampler([11, 40], [1, 1], 7).load_state_dict(state)
+
+
+def test_vlm_jsonl_and_split_by_image(tmp_path):
+    path = write_vlm_jsonl(tmp_path / "vlm", n_images=20)
+    recs = load_vlm_jsonl(path)
+    assert len(recs) == 40 and recs[0].images[0].is_file()
+    tr, va = split_by_image(recs, 0.2, seed=0)
+    assert va and tr and not ({recs[i].images[0] for i in tr} & {recs[i].images[0] for i in va})
+    (tmp_path / "bad.jsonl").write_text('{"image": "x.png", "prompt": "p"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1"):
+        load_vlm_jsonl(tmp_path / "bad.jsonl")

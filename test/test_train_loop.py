@@ -1,0 +1,136 @@
+"""`ki-vla train` in-process on tiny synthetic data: files, formats, metrics, export, config errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from ki_vla_ros.configio import ConfigError, from_dict, load_config
+from ki_vla_ros.data.synthetic import tiny_train_config, write_tiny_dataset
+from ki_vla_ros.train.checkpoint import latest_checkpoint, optimizer_from_flat, optimizer_to_flat
+from ki_vla_ros.train.config import TrainConfig
+from ki_vla_ros.train.trainer import lr_at, train
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_tiny_dataset(tmp_path_factory.mktemp("tiny_data"))
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run") / "r"
+    cfg = from_dict(TrainConfig, tiny_train_config(data, run_dir, ema_decay=0.9))
+    torch.manual_seed(123)
+    init = None
+    summary = train(cfg, log=lambda *a: None)
+    return run_dir, cfg, summary, init
+
+
+def test_run_outputs(run):
+    run_dir, cfg, summary, _ = run
+    assert summary["steps"] == 6
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step_"))
+    assert ckpts == ["step_000003", "step_000006"]
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_000006"
+    ck = latest_checkpoint(run_dir)
+    names = {p.name for p in ck.iterdir()}
+    assert {"model.safetensors", "ema.safetensors", "optimizer.safetensors", "optimizer.json", "trainer.json",
+            "rng_rank0.safetensors", "rng_rank0.json", "assets"} <= names
+    assert not [p for p in run_dir.rglob("*") if p.suffix in (".pt", ".pth", ".pkl", ".bin")]
+    trainer = json.loads((ck / "trainer.json").read_text())
+    assert trainer["step"] == 6 and trainer["world_size"] == 1
+    opt = load_file(str(ck / "optimizer.safetensors"))
+    assert any(k.endswith(".exp_avg") for k in opt)
+    rows = (run_dir / "eval.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("step,val_loss") and [r.split(",")[0] for r in rows[1:]] == ["3", "6"]
+    ev = summary["final_eval"]
+    assert np.isfinite(ev["action_mse"]) and 0 <= ev["fast_token_acc"] <= 1 and 0 <= ev["vlm_token_acc"] <= 1
+    assert (run_dir / "curves.png").stat().st_size > 1000
+    assert len((run_dir / "train_log.csv").read_text().strip().splitlines()) == 4  # header + steps 2, 4, 6
+    report = json.loads((run_dir / "assets" / "data_report.json").read_text())
+    assert report["sim"]["train_episodes"] == 3 and report["sim"]["val_episodes"] == 1
+
+
+def test_training_changes_weights_and_ema_differs(run):
+    run_dir, _, _, _ = run
+    ck = latest_checkpoint(run_dir)
+    first = load_file(str(run_dir / "checkpoints" / "step_000003" / "model.safetensors"))
+    last = load_file(str(ck / "model.safetensors"))
+    ema = load_file(str(ck / "ema.safetensors"))
+    k = "transformer.backbone.0.q_proj.weight"
+    assert not torch.equal(first[k], last[k])
+    assert not torch.equal(ema[k], last[k])
+
+
+def test_export_checkpoint_to_model_folder(run, tmp_path):
+    from ki_vla_ros.export.cli import export_main
+    from ki_vla_ros.runtime.model_dir import load_model_dir
+
+    run_dir, _, _, _ = run
+    out = tmp_path / "model"
+    assert export_main(["--checkpoint", str(run_dir), "--out", str(out), "--no-onnx"]) == 0
+    bundle = load_model_dir(out)
+    ema = load_file(str(latest_checkpoint(run_dir) / "ema.safetensors"))
+    k = "transformer.backbone.0.q_proj.weight"
+    assert torch.equal(bundle.model.state_dict()[k], ema[k])  # EMA weights by default
+    assert bundle.layout.camera_names == ["cam_high", "cam_left_wrist", "cam_right_wrist"]
+    assert len(bundle.layout.action_names) == 14 and bundle.config.action_dim == 16
+    assert bundle.manifest.recipe == "ki"
+    from ki_vla_ros.runtime import Policy
+    from ki_vla_ros.runtime.types import Observation
+
+    policy = Policy.load(out)
+    obs = Observation(images={"cam_high": np.zeros((32, 32, 3), np.uint8)}, state=np.zeros(14),
+                      instruction="pick up the red cube")
+    assert policy.infer(obs, seed=0).actions.shape == (10, 14)
+
+
+def test_no_overwrite_without_resume(run):
+    _, cfg, _, _ = run
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, log=lambda *a: None)
+
+
+def test_optimizer_flatten_roundtrip():
+    p = torch.nn.Parameter(torch.randn(3, 2))
+    opt = torch.optim.AdamW([p], lr=0.1)
+    p.sum().backward()
+    opt.step()
+    t, meta = optimizer_to_flat(opt.state_dict())
+    back = optimizer_from_flat(t, json.loads(json.dumps(meta)))
+    opt2 = torch.optim.AdamW([torch.nn.Parameter(p.detach().clone())], lr=0.5)
+    opt2.load_state_dict(back)
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert opt2.param_groups[0]["lr"] == 0.1
+
+
+def test_lr_schedule():
+    cfg = from_dict(TrainConfig, {"run_dir": "x", "steps": 100, "datasets": [
+        {"name": "a", "type": "rosbag", "path": "p", "embodiment": "aloha_bimanual"}],
+        "optim": {"lr": 1.0, "warmup_steps": 10, "min_lr_ratio": 0.1}})
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0) and lr_at(100, cfg) == pytest.approx(0.1)
+    assert lr_at(55, cfg) == pytest.approx(0.55)
+
+
+def test_config_errors_name_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"run_dir": "x", "recipe": "nope", "datasets": [
+        {"name": "a", "type": "rosbag", "path": "p", "embodiment": "aloha_bimanual"}]}))
+    with pytest.raises(ConfigError, match=r"bad.yaml.*recipe"):
+        load_config(TrainConfig, path)
+    path.write_text(yaml.safe_dump({"run_dir": "x", "datasets": [{"name": "a", "type": "rosbag", "path": "p",
+                                                                  "embodiment": "e", "wieght": 2}]}))
+    with pytest.raises(ConfigError, match=r"datasets\[0\]\.wieght"):
+        load_config(TrainConfig, path)
+
+
+def test_shipped_config_loads():
+    from pathlib import Path
+
+    cfg = load_config(TrainConfig, Path(__file__).resolve().parents[1] / "config/train/aloha_sim_ki.yaml")
+    assert cfg.recipe == "ki" and cfg.model.preset == "small"
