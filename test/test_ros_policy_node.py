@@ -222,7 +222,7 @@ def test_mobile_base_twist_clamped_and_zero_when_stale(tmp_path):
         last = obs.received("/cmd_vel")[-1]
         assert last.linear.x == pytest.approx(0.5) and last.angular.z == pytest.approx(0.3)  # clamped to 0.5
         standin.send("camera cam_high off")
-        assert wait_until(lambda: "cam_high" in (obs.latest_diagnostics() or {}).get("hold_reason", ""), 5.0), (
+        assert wait_until(lambda: "cam_high stale" in (obs.latest_diagnostics() or {}).get("hold_reason", ""), 5.0), (
             node.tail()
         )
         t_hold = time.monotonic()

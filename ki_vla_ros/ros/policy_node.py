@@ -472,7 +472,8 @@ class PolicyNode(Node):
             self.get_logger().info("fresh data: resuming")
         self._holding, self._hold_reason, self._status = False, "", "running"
         self._latency_est = 0.7 * self._latency_est + 0.3 * elapsed if self._latency_est else elapsed
-        executed = max(1, self.embodiment.execute_steps - plan.first_index)
+        # replan after execute_steps of the chunk, never after the chunk has run out
+        executed = max(1, min(self.embodiment.execute_steps, len(actions)) - plan.first_index)
         self._next_infer_t = t_obs + (plan.first_index + executed) * self.embodiment.dt - self._latency_est
 
     # ------------------------------------------------------------------------------- diagnostics
