@@ -52,10 +52,9 @@ def run_main(argv: list[str]) -> int:
     )
     opts = ap.parse_args(argv)
 
-    import rclpy
-
     from ki_vla_ros.configio import ConfigError
-    from ki_vla_ros.ros.policy_node import PolicyNode, spin_node
+    from ki_vla_ros.ros.policy_node import PolicyNode
+    from ki_vla_ros.ros.spin import run_node
 
     params_file = Path(opts.params_file) if opts.params_file else default_params_file()
     ros_args = ["--ros-args"]
@@ -74,21 +73,8 @@ def run_main(argv: list[str]) -> int:
                  "-p", f"autostart:={str(opts.autostart).lower()}"]
     for p in opts.param:
         ros_args += ["-p", p]
-    rclpy.init(args=["ki-vla", *ros_args])
-    node = None
-    try:
-        try:
-            node = PolicyNode(opts.node_name, namespace=opts.namespace)
-        except (ConfigError, ValueError, RuntimeError, OSError) as exc:
-            print(f"ki-vla run: cannot start: {exc}", file=sys.stderr)
-            return 1
-        spin_node(node)
-        return 0
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        rclpy.try_shutdown()
+    return run_node(lambda: PolicyNode(opts.node_name, namespace=opts.namespace), "ki-vla run",
+                    ["ki-vla", *ros_args], (ConfigError, ValueError, RuntimeError, OSError))
 
 
 # --------------------------------------------------------------------------------- command

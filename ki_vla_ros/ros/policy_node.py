@@ -35,12 +35,10 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -62,6 +60,7 @@ from ki_vla_ros.ros.conversions import (
     make_trajectory,
     seconds_to_duration,
 )
+from ki_vla_ros.ros.spin import run_node
 from ki_vla_ros.runtime.types import Observation
 
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -522,41 +521,11 @@ class PolicyNode(Node):
             self._thread.join(timeout=5.0)
 
 
-def spin_node(node: Node, num_threads: int = 4) -> None:
-    executor = MultiThreadedExecutor(num_threads=num_threads)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        # SIGINT / SIGTERM shut the context down; the executor may notice it as an invalid
-        # context rather than ExternalShutdownException. Anything else is a real error.
-        if rclpy.ok():
-            raise
-    finally:
-        executor.shutdown(timeout_sec=2.0)
-
-
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        try:
-            node = PolicyNode()
-        except (ConfigError, ValueError, RuntimeError, OSError) as exc:
-            print(f"policy_node: cannot start: {exc}", file=sys.stderr)
-            return 1
-        spin_node(node)
-        return 0
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        rclpy.try_shutdown()
+    return run_node(PolicyNode, "policy_node", args, (ConfigError, ValueError, RuntimeError, OSError))
 
 
-__all__ = ["PolicyNode", "main", "spin_node", "validate_instruction", "seconds_to_duration"]
+__all__ = ["PolicyNode", "main", "validate_instruction", "seconds_to_duration"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -45,7 +45,6 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult  # noqa: E402
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
@@ -56,6 +55,7 @@ from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from ki_vla_ros.embodiment import load_embodiment  # noqa: E402
 from ki_vla_ros.ros.conversions import duration_to_seconds, rgb_to_image  # noqa: E402
+from ki_vla_ros.ros.spin import run_node  # noqa: E402
 from ki_vla_ros.sim.follower import SimCommand, Trajectory, TrajectoryError  # noqa: E402
 
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -399,31 +399,7 @@ class SimNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        try:
-            node = SimNode()
-        except (ValueError, KeyError, OSError, ImportError) as exc:
-            print(f"sim_node: cannot start: {exc}", file=sys.stderr)
-            return 1
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        except Exception:
-            if rclpy.ok():
-                raise
-        finally:
-            executor.shutdown(timeout_sec=2.0)
-        return 1 if node.failed is not None else 0
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        rclpy.try_shutdown()
+    return run_node(SimNode, "sim_node", args, (ValueError, KeyError, OSError, ImportError), num_threads=2)
 
 
 __all__ = ["SimNode", "main", "trajectory_from_msg"]
