@@ -8,6 +8,9 @@
 | `pi0_fast`        | —        | yes     | no   | no           | vision + backbone      | FAST          |
 | `frozen_backbone` | yes      | no      | yes  | no           | expert only            | —             |
 | `naive_tokens`    | yes      | yes     | yes  | yes          | all                    | naive bins    |
+| `ki_no_vlm`       | yes      | yes     | yes  | no           | all                    | FAST          |
+| `joint_no_vlm`    | no       | yes     | yes  | no           | all                    | FAST          |
+| `pi0_vlm`         | no       | no      | yes  | yes          | all                    | —             |
 
 `vlm_cotrain` and `action_tokenizer` are read by the data pipeline (mix VLM examples in; which
 tokenizer writes the discrete action targets); `use_fast=False` recipes need no discrete action
@@ -85,6 +88,10 @@ RECIPES: dict[str, Recipe] = {
             vlm_cotrain=True,
             action_tokenizer="naive",
         ),
+        # the co-training ablations of the recipe comparison (§6: "joint-training w/o VLM data")
+        Recipe("ki_no_vlm", insulate=True, use_fast=True, use_flow=True, vlm_cotrain=False),
+        Recipe("joint_no_vlm", insulate=False, use_fast=True, use_flow=True, vlm_cotrain=False),
+        Recipe("pi0_vlm", insulate=False, use_fast=False, use_flow=True, vlm_cotrain=True, action_tokenizer=None),
     )
 }
 

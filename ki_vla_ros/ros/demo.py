@@ -560,7 +560,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ki-vla eval", description=eval_main.__doc__.split(":", 1)[1].strip())
     ap.add_argument("--episodes", type=int, default=5, help="episodes per task (seeds S .. S+N-1) [5]")
     ap.add_argument("--tasks", default="all", help=f"'all' or a comma list of {', '.join(TASK_NAMES)}")
-    ap.add_argument("--seed", type=int, default=1000, help="first scene seed [1000]")
+    ap.add_argument("--seed", type=int, default=900000,
+                    help="first scene seed [900000: not among the training data seeds]")
     ap.add_argument("--out", default="outputs/eval", help="folder for results.json / results.csv / logs")
     _common_args(ap)
     opts = ap.parse_args(argv)
