@@ -134,3 +134,18 @@ def test_shipped_config_loads():
 
     cfg = load_config(TrainConfig, Path(__file__).resolve().parents[1] / "config/train/aloha_sim_ki.yaml")
     assert cfg.recipe == "ki" and cfg.model.preset == "small"
+
+
+def test_ema_warm_up_forgets_the_initialisation():
+    from ki_vla_ros.train.trainer import ema_decay_at
+
+    assert ema_decay_at(0.999, 0) == pytest.approx(0.1)
+    assert ema_decay_at(0.999, 90) == pytest.approx(0.91)
+    assert ema_decay_at(0.999, 100_000) == 0.999
+    # a parameter that jumps from 0 to 1 at the first step: after 300 steps the warmed-up EMA is
+    # within 3 % of 1, where a plain 0.999 EMA would still be at 0.26
+    ema = 0.0
+    for step in range(300):
+        d = ema_decay_at(0.999, step)
+        ema = d * ema + (1 - d) * 1.0
+    assert ema > 0.97
