@@ -314,8 +314,8 @@ def write_aloha_bag(
     """A rosbag2 (written with rosbags, no rclpy) with the aloha_bimanual cameras and joint states
     (all joints at 0), and with `commands` one JointTrajectory per arm every 0.5 s commanding 0
     for 50 steps at 50 Hz."""
+    from ki_vla_ros.bagio import typestore, write_bag
     from ki_vla_ros.embodiment import load_embodiment
-    from ki_vla_ros.replay import typestore, write_bag
 
     ts = typestore()
     T = ts.types

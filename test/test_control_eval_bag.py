@@ -93,7 +93,7 @@ def test_eval_bag_modules_import_without_ros():
     import subprocess
 
     code = (
-        "import sys; import ki_vla_ros.control.eval_bag, ki_vla_ros.replay, ki_vla_ros.control, "
+        "import sys; import ki_vla_ros.control.eval_bag, ki_vla_ros.bagio, ki_vla_ros.control, "
         "ki_vla_ros.embodiment; bad=[m for m in sys.modules if m.startswith(('rclpy','sensor_msgs'))]; "
         "assert not bad, bad"
     )

@@ -75,7 +75,10 @@ def test_bag_replays_into_node_run_by_cli(tmp_path):
         for msg in chunks:
             assert msg.joint_names[0] == "left_waist"
             assert all(math.isfinite(v) for p in msg.points for v in p.positions)
-        assert obs.latest_diagnostics()["last_chunk_instruction"] == "pick up the red cube"
+        # diagnostics come every 0.5 s: wait for one published after the chunks
+        assert wait_until(
+            lambda: (obs.latest_diagnostics() or {}).get("last_chunk_instruction") == "pick up the red cube", 5.0
+        ), obs.latest_diagnostics()
         assert replay.popen.wait(30) == 0, replay.tail()
         assert "replayed" in replay.output()
         # the bag has ended: the data goes stale and the node holds, saying why

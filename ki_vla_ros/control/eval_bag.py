@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from ki_vla_ros.bagio import image_msg_to_rgb, iter_decoded
 from ki_vla_ros.control.policy_loader import LayoutMapper
 from ki_vla_ros.embodiment import Embodiment
-from ki_vla_ros.replay import image_msg_to_rgb, iter_decoded
 from ki_vla_ros.runtime.types import Observation
 
 

@@ -91,7 +91,7 @@ class _Track:
 
 
 def _image_to_rgb(msg, msgtype: str) -> np.ndarray:
-    from ki_vla_ros.replay import image_msg_to_rgb
+    from ki_vla_ros.bagio import image_msg_to_rgb
 
     return image_msg_to_rgb(msg, msgtype)
 
@@ -102,7 +102,7 @@ def read_bag_episodes(bag: str | Path, emb: Embodiment, image_size: int, action_
     """Read one bag into episodes on the control grid (see the module doc). Returns (episodes, report)."""
     from rosbags.highlevel import AnyReader
 
-    from ki_vla_ros.replay import typestore
+    from ki_vla_ros.bagio import typestore
 
     bag = Path(bag)
     report = LoadReport(str(bag))

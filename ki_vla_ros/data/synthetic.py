@@ -31,7 +31,7 @@ def write_aloha_bag(path, steps: int = 40, seed: int = 0, image_size: int = 32, 
     """Write one episode bag; returns its arrays (``q`` [T, 14], ``actions`` [T, 14], ``t``).
     `drop` {topic: steps} omits messages, `delay` {topic: steps} stamps them 60 ms late, `corrupt`
     {topic: steps} writes a JointState without its joint names."""
-    from ki_vla_ros.replay import write_bag
+    from ki_vla_ros.bagio import write_bag
     from ki_vla_ros.sim import record as R
 
     a = episode_arrays(steps, seed)

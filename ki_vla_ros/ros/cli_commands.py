@@ -186,7 +186,7 @@ def replay_main(argv: list[str]) -> int:
     from rclpy.serialization import deserialize_message
     from rosgraph_msgs.msg import Clock
 
-    from ki_vla_ros.replay import bag_topics, iter_raw
+    from ki_vla_ros.bagio import bag_topics, iter_raw
 
     try:
         topics = [t for t in bag_topics(opts.bag) if not opts.topics or t.topic in opts.topics]

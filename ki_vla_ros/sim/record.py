@@ -28,13 +28,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from rosbags.rosbag2 import Reader, StoragePlugin, Writer
-from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
-from rosbags.typesys import Stores, get_typestore
 
+from ki_vla_ros.bagio import iter_decoded, typestore
+from ki_vla_ros.bagio import write_bag as write_records
 from ki_vla_ros.sim.aloha import ARM_SIDES, CONTROL_DT, JOINT_NAMES
 
-TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
+TYPESTORE = typestore()
 
 IMAGE_TOPICS = {c: f"/{c}/image_raw" for c in ("cam_high", "cam_left_wrist", "cam_right_wrist")}
 JOINT_STATE_TOPICS = {s: f"/follower_{s}/joint_states" for s in ARM_SIDES}
@@ -85,42 +84,35 @@ def write_bag(episode, path, storage: str = "mcap", compress: bool = True) -> Pa
     ~20x). ``storage``: ``"mcap"`` or ``"sqlite3"``.
     """
     path = Path(path)
-    plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage]
     empty = np.zeros(0, dtype=np.float64)
-    w = Writer(path, version=8, storage_plugin=plugin)
-    if compress:
-        w.set_compression(CompressionMode.MESSAGE, CompressionFormat.ZSTD)
-    with w:
-        conn = {t: w.add_connection(t, ty, typestore=TYPESTORE) for t, ty in TOPIC_TYPES.items()}
+    step = Duration(sec=0, nanosec=_ns(CONTROL_DT))
 
-        def put(topic, t, msg):
-            w.write(conn[topic], _ns(t), TYPESTORE.serialize_cdr(msg, TOPIC_TYPES[topic]))
-
-        put(INSTRUCTION_TOPIC, float(episode.timestamps[0]) if len(episode) else 0.0,
-            String(data=episode.instruction))
-        step = Duration(sec=0, nanosec=_ns(CONTROL_DT))
+    def records():
+        t0 = float(episode.timestamps[0]) if len(episode) else 0.0
+        yield INSTRUCTION_TOPIC, STRING_TYPE, _ns(t0), String(data=episode.instruction)
         for k, t in enumerate(np.asarray(episode.timestamps, dtype=float)):
             for cam, topic in IMAGE_TOPICS.items():
                 if cam not in episode.images:
                     continue
                 img = np.ascontiguousarray(episode.images[cam][k], dtype=np.uint8)
                 h, wd = img.shape[:2]
-                put(topic, t, Image(header=_header(t, cam), height=h, width=wd, encoding="rgb8",
-                                    is_bigendian=0, step=3 * wd, data=img.reshape(-1)))
+                yield topic, IMAGE_TYPE, _ns(t), Image(header=_header(t, cam), height=h, width=wd, encoding="rgb8",
+                                                       is_bigendian=0, step=3 * wd, data=img.reshape(-1))
             for a, side in enumerate(ARM_SIDES):
                 sl = slice(7 * a, 7 * a + 7)
                 names = arm_joint_names(side)
-                put(JOINT_STATE_TOPICS[side], t, JointState(
+                yield JOINT_STATE_TOPICS[side], JOINT_STATE_TYPE, _ns(t), JointState(
                     header=_header(t), name=names,
                     position=np.asarray(episode.joint_positions[k, sl], dtype=np.float64),
                     velocity=np.asarray(episode.joint_velocities[k, sl], dtype=np.float64),
-                    effort=empty))
+                    effort=empty)
                 point = JointTrajectoryPoint(
                     positions=np.asarray(episode.actions[k, sl], dtype=np.float64),
                     velocities=empty, accelerations=empty, effort=empty, time_from_start=step)
-                put(TRAJECTORY_TOPICS[side], t,
-                    JointTrajectory(header=_header(t), joint_names=names, points=[point]))
-    return path
+                yield (TRAJECTORY_TOPICS[side], TRAJECTORY_TYPE, _ns(t),
+                       JointTrajectory(header=_header(t), joint_names=names, points=[point]))
+
+    return write_records(path, records(), storage=storage, compress=compress)
 
 
 def read_bag(path) -> dict:
@@ -132,12 +124,9 @@ def read_bag(path) -> dict:
     """
     out = {"instruction": None, "topics": {}, "counts": {}}
     per = {t: [] for t in TOPIC_TYPES}
-    with Reader(Path(path)) as r:
-        for c in r.connections:
-            out["topics"][c.topic] = c.msgtype
-        for c, _ts, raw in r.messages():
-            msg = TYPESTORE.deserialize_cdr(raw, c.msgtype)
-            per.setdefault(c.topic, []).append(msg)
+    for topic, msgtype, _t_ns, msg in iter_decoded(path):
+        out["topics"][topic] = msgtype
+        per.setdefault(topic, []).append(msg)
     out["counts"] = {t: len(v) for t, v in per.items() if v}
     if per[INSTRUCTION_TOPIC]:
         out["instruction"] = per[INSTRUCTION_TOPIC][0].data

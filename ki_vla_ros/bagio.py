@@ -1,9 +1,11 @@
-"""Reading rosbag2 recordings (sqlite3 or mcap) with the pure-Python `rosbags` library (no rclpy).
+"""rosbag2 recordings (sqlite3 or mcap), read and written with the pure-Python `rosbags` library
+(no rclpy): the one place the project touches bag files.
 
 ``iter_raw(bag)`` yields ``(topic, msgtype, t_ns, raw_cdr)`` in time order: the CDR bytes as
 recorded, which ``rclpy.serialization.deserialize_message`` turns into rclpy messages (used by
 ``ki-vla replay``). ``iter_decoded(bag)`` yields rosbags' own message objects (used offline by
-``ki-vla eval-bag``). ``write_bag`` writes one (tests, tools).
+``ki-vla eval-bag``, the sim's episode reader). ``write_bag`` writes one (the sim's recorder,
+tests, tools).
 """
 
 from __future__ import annotations
@@ -66,19 +68,28 @@ def iter_decoded(bag: str | Path, topics: Iterable[str] | None = None) -> Iterat
 
 
 def write_bag(
-    path: str | Path, records: Iterable[tuple[str, str, int, Any]], storage: str = "sqlite3"
-) -> None:
-    """Write ``(topic, msgtype, t_ns, rosbags message)`` records to a new rosbag2 at ``path``."""
+    path: str | Path, records: Iterable[tuple[str, str, int, Any]], storage: str = "sqlite3",
+    compress: bool = False,
+) -> Path:
+    """Write ``(topic, msgtype, t_ns, rosbags message)`` records to a new rosbag2 at ``path``.
+    ``compress``: per-message zstd (standard rosbag2 message compression)."""
     from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 
+    if storage not in ("mcap", "sqlite3"):
+        raise ValueError(f"storage must be 'mcap' or 'sqlite3', got {storage!r}")
     store = typestore()
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     conns = {}
-    with Writer(Path(path), version=9, storage_plugin=plugin) as writer:
+    writer = Writer(Path(path), version=8, storage_plugin=plugin)
+    if compress:
+        writer.set_compression(CompressionMode.MESSAGE, CompressionFormat.ZSTD)
+    with writer:
         for topic, msgtype, t_ns, msg in records:
             if topic not in conns:
                 conns[topic] = writer.add_connection(topic, msgtype, typestore=store)
             writer.write(conns[topic], int(t_ns), bytes(store.serialize_cdr(msg, msgtype)))
+    return Path(path)
 
 
 # ------------------------------------------------------------------- rosbags message -> numpy
