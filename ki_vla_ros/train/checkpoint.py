@@ -98,10 +98,6 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
 
 # ---- save / load --------------------------------------------------------------------------------
-def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-
-
 def begin_checkpoint(run_dir: str | Path, step: int) -> Path:
     """Create the temporary folder of the checkpoint of `step` (rank 0)."""
     tmp = checkpoint_dir(run_dir) / f".{step_name(step)}.tmp"
@@ -118,10 +114,12 @@ def write_rank_rng(tmp: Path, rank: int) -> None:
 
 
 def write_main(tmp: Path, model, optimizer, ema: dict | None, trainer: dict, assets: Path) -> None:
-    save_file(_state(model), str(tmp / "model.safetensors"))
+    """`model`: a module or its (full) state dict; `optimizer`: an optimiser or its (full) state dict."""
+    model_sd = model if isinstance(model, dict) else model.state_dict()
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in model_sd.items()}, str(tmp / "model.safetensors"))
     if ema is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
-    tensors, meta = optimizer_to_flat(optimizer.state_dict())
+    tensors, meta = optimizer_to_flat(optimizer if isinstance(optimizer, dict) else optimizer.state_dict())
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(meta))
     shutil.copytree(assets, tmp / "assets")

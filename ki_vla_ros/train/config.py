@@ -7,6 +7,7 @@ directory. See docs/training.md for every field and config/train/*.yaml for exam
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from ki_vla_ros.data.config import DatasetConfig
@@ -44,6 +45,21 @@ class TokenizerConfig:
     fast_scale: float = 10.0
     naive_bins: int = 0  # naive_tokens recipe: 0: min(256, num_fast_tokens)
     fit_chunks: int = 2000  # action chunks the FAST BPE is fitted on
+    # a published text tokenizer (e.g. Gemma's for π0.5 fine-tuning) instead of training a BPE:
+    # a tokenizers-library `tokenizer.json` or a SentencePiece `.model`
+    text_tokenizer_path: str = ""
+
+    def validate(self) -> None:
+        path = self.text_tokenizer_path
+        if not path:
+            return
+        if Path(path).suffix not in (".json", ".model"):
+            raise ValueError(f"text_tokenizer_path: expected a tokenizer.json or a SentencePiece .model, got {path!r}")
+        if not Path(path).is_file():
+            raise ValueError(f"text_tokenizer_path: no such file {path!r}")
+        if self.text_vocab_size:
+            raise ValueError("text_vocab_size: only for a trained BPE; with text_tokenizer_path the published "
+                             "tokenizer's size is used (leave it 0)")
 
 
 @dataclass
@@ -56,6 +72,7 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 8  # per process (global batch = batch_size * world size * grad_accum)
     grad_accum: int = 1
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP, or FSDP2 (sharded params/grads/optimiser)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema_decay: float = 0.0  # 0: no EMA; e.g. 0.999
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
@@ -88,5 +105,6 @@ class TrainConfig:
         for key in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        self.tokenizers.validate()
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay: expected 0 <= x < 1, got {self.ema_decay}")

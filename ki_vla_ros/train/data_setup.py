@@ -2,7 +2,8 @@
 mixture, the example builder and the fixed held-out set.
 
 Assets (fitted once, at the start of a fresh run, by rank 0, then read by every rank and on
-``--resume``) live in ``<run_dir>/assets/``: ``text_tokenizer.json``, ``action_tokenizer.json``,
+``--resume``) live in ``<run_dir>/assets/``: ``text_tokenizer.json`` (or
+``text_tokenizer.model``: a published SentencePiece model), ``action_tokenizer.json``,
 ``norm_stats/<dataset>.json`` (1st/99th percentiles of the training episodes, robot units),
 ``model.yaml`` (the final ModelConfig), ``layout.yaml`` (the export dataset's cameras, state and
 action names, control rate), ``data_report.json`` (what reading found: counts and problems).
@@ -11,6 +12,7 @@ action names, control rate), ``data_report.json`` (what reading found: counts an
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,7 +162,7 @@ def prepare_data(cfg: TrainConfig, rank: int = 0, fit_assets: bool = True, barri
     barrier()
     model_cfg = load_config(ModelConfig, assets / "model.yaml")
     layout = load_config(Layout, assets / "layout.yaml")
-    text_tok = TextTokenizer.load(assets / "text_tokenizer.json")
+    text_tok = load_text_tokenizer(assets)
     action_tok = load_action_tokenizer(assets / "action_tokenizer.json")
     norm = {n: NormStats.load(assets / "norm_stats" / f"{n}.json") for n in robot_names}
     builder = ExampleBuilder(model_cfg, PromptBuilder(text_tok, model_cfg), layout.camera_names, norm,
@@ -168,6 +170,39 @@ def prepare_data(cfg: TrainConfig, rank: int = 0, fit_assets: bool = True, barri
     sampler = MixtureSampler([len(t) for t in trains], weights, cfg.seed)
     return TrainData(model_cfg, names, kinds, trains, vals, sampler, builder, layout, text_tok, action_tok, norm,
                      export, reports)
+
+
+def text_tokenizer_file(assets: Path) -> Path:
+    """The run's text tokenizer: `text_tokenizer.json`, or `text_tokenizer.model` (a published SentencePiece model)."""
+    sp = Path(assets) / "text_tokenizer.model"
+    return sp if sp.is_file() and not (Path(assets) / "text_tokenizer.json").is_file() else \
+        Path(assets) / "text_tokenizer.json"
+
+
+def load_text_tokenizer(assets: Path) -> TextTokenizer:
+    return TextTokenizer.load(text_tokenizer_file(assets))
+
+
+def load_published_text_tokenizer(path: str, model_cfg: ModelConfig) -> TextTokenizer:
+    """`tokenizers.text_tokenizer_path`, checked against the model: every id below `text_vocab_limit`
+    and real pad/bos/eos ids. Errors name the key."""
+    key = "tokenizers.text_tokenizer_path"
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{key}: no such file {path!r}")
+    try:
+        tok = TextTokenizer.load(path)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the key
+        raise ValueError(f"{key}: cannot load {path!r} as a tokenizer.json or SentencePiece .model: {exc}") from exc
+    if tok.vocab_size > model_cfg.text_vocab_limit:
+        raise ValueError(f"{key}: {path!r} has {tok.vocab_size} ids, more than the model's text id range "
+                         f"({model_cfg.text_vocab_limit}, ModelConfig.text_vocab_limit); use a preset with a larger "
+                         f"vocab_size (model.overrides) or a smaller tokenizer")
+    for name in ("pad_id", "bos_id", "eos_id"):
+        v = getattr(tok, name)
+        if not 0 <= v < tok.vocab_size:
+            raise ValueError(f"{key}: {path!r} has no {name.removesuffix('_id')} token (id {v}); the prompt builder "
+                             f"needs pad, bos and eos")
+    return tok
 
 
 def _horizon(cfg: TrainConfig) -> int:
@@ -194,6 +229,19 @@ def _fit_assets(cfg, assets: Path, names, kinds, trains, export, reports, log) -
     dump_config(Layout(list(ep0.camera_names), list(ep0.state_names), list(ep0.action_names),
                        float(ep0.control_rate_hz)), assets / "layout.yaml")
 
+    if cfg.tokenizers.text_tokenizer_path:  # a published tokenizer, copied as it is
+        src = Path(cfg.tokenizers.text_tokenizer_path)
+        load_published_text_tokenizer(str(src), model_cfg)
+        shutil.copyfile(src, assets / ("text_tokenizer.model" if src.suffix == ".model" else "text_tokenizer.json"))
+        log(f"[data] text tokenizer: {src}")
+    else:
+        _train_text_tokenizer(cfg, assets, kinds, trains, model_cfg)
+    _fit_action_tokenizer(cfg, assets, names, kinds, trains, norm, model_cfg, recipe)
+    (assets / "data_report.json").write_text(json.dumps(reports, indent=1))
+    log(f"[data] assets written to {assets}")
+
+
+def _train_text_tokenizer(cfg, assets: Path, kinds, trains, model_cfg) -> None:
     # text tokenizer: instructions, VLM prompts/answers and the state numbers
     texts = []
     for k, ds in zip(kinds, trains):
@@ -209,6 +257,8 @@ def _fit_assets(cfg, assets: Path, names, kinds, trains, export, reports, log) -
                          f"{model_cfg.text_vocab_limit}")
     TextTokenizer.train(texts, vocab_size=vocab).save(assets / "text_tokenizer.json")
 
+
+def _fit_action_tokenizer(cfg, assets: Path, names, kinds, trains, norm, model_cfg, recipe) -> None:
     # action tokenizer: FAST fitted on normalised chunks of the training data (or naive bins)
     if recipe.action_tokenizer == "naive":
         NaiveTokenizer(bins=cfg.tokenizers.naive_bins or min(256, model_cfg.num_fast_tokens)).save(
@@ -224,5 +274,3 @@ def _fit_assets(cfg, assets: Path, names, kinds, trains, export, reports, log) -
         fast_vocab = cfg.tokenizers.fast_vocab_size or min(1024, model_cfg.num_fast_tokens)
         FastTokenizer(scale=cfg.tokenizers.fast_scale, vocab_size=fast_vocab).fit(chunks).save(
             assets / "action_tokenizer.json")
-    (assets / "data_report.json").write_text(json.dumps(reports, indent=1))
-    log(f"[data] assets written to {assets}")

@@ -19,6 +19,7 @@ from ki_vla_ros.runtime.model_dir import Layout, save_model_dir
 from ki_vla_ros.tokenize.naive import load_action_tokenizer
 from ki_vla_ros.tokenize.text import TextTokenizer
 from ki_vla_ros.train import checkpoint as ckpt
+from ki_vla_ros.train.data_setup import text_tokenizer_file
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -52,7 +53,12 @@ def checkpoint_to_model_dir(checkpoint: str | Path, out: str | Path, use_ema: bo
              "norm_stats": f"dataset '{export_ds}'"}
     readme = (f"# {Path(out).name}\n\nTrained with `ki-vla train` (recipe `{trainer['recipe']}`), "
               f"step {trainer['step']}, from `{path}`.\n")
-    return save_model_dir(out, model, layout, TextTokenizer.load(assets / "text_tokenizer.json"),
+    text_file = text_tokenizer_file(assets)
+    if text_file.suffix == ".model":
+        raise ValueError(f"{path}: trained with a SentencePiece .model tokenizer; a model folder stores a "
+                         f"tokenizers-library tokenizer.json, so train with the published tokenizer.json "
+                         f"(tokenizers.text_tokenizer_path) to export")
+    return save_model_dir(out, model, layout, TextTokenizer.load(text_file),
                           load_action_tokenizer(assets / "action_tokenizer.json"), norm, recipe=trainer["recipe"],
                           num_flow_steps=num_flow_steps or int(train_cfg.get("num_flow_steps", 10)), notes=notes,
                           extra_files={"README.md": readme})

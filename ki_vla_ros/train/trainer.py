@@ -1,8 +1,9 @@
 """The training loop behind `ki-vla train`.
 
-One process, or one per device under ``torchrun --nproc_per_node N`` (DDP; gloo on CPU, nccl on
-GPUs). Every rank draws the same global batch from the seeded mixture and keeps its slice.
-Per step: `grad_accum` micro-batches (DDP gradient sync on the last only), global-norm clipping,
+One process, or one per device under ``torchrun --nproc_per_node N`` (DDP, or FSDP2 with
+``parallel: fsdp``: see train/fsdp.py; gloo on CPU, nccl on GPUs). Every rank draws the same
+global batch from the seeded mixture and keeps its slice.
+Per step: `grad_accum` micro-batches (gradient sync on the last only), global-norm clipping,
 AdamW with linear warm-up and cosine decay (lr set from the step, no scheduler state), optional
 EMA of the trained parameters. bf16 autocast on CUDA only (CPU stays fp32).
 
@@ -137,6 +138,22 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     init_weights(model, cfg.model.init, cfg.model.init_format, log=say)
     params = recipe.configure(model)
     model.to(device).train()
+    use_fsdp = distributed and cfg.parallel == "fsdp"
+    if cfg.parallel == "fsdp" and not distributed:
+        say("[train] parallel: fsdp needs torchrun with more than one process; training unsharded")
+    state = ckpt.load_checkpoint(start_ckpt, rank) if start_ckpt is not None else None
+    loss_module = _LossModule(model)
+    if use_fsdp:
+        from ki_vla_ros.train import fsdp
+
+        if state is not None:  # full weights into the unsharded model, then shard
+            model.load_state_dict(state["model"])
+        name_of = {id(p): n for n, p in model.named_parameters()}
+        trained_names = [name_of[id(p)] for p in params]  # the recipe's order (= optimiser indices)
+        fsdp.shard(loss_module, model, device, world)  # parameters become DTensors (sharded in place)
+        named = dict(model.named_parameters())
+        params = [named[n] for n in trained_names]
+        say(f"[train] FSDP2: {world} shards (vision, backbone and expert blocks, then the root)")
     names = {id(p): n for n, p in model.named_parameters()}
     decay = [p for p in params if p.ndim >= 2 and "embed" not in names[id(p)]]
     no_decay = [p for p in params if not (p.ndim >= 2 and "embed" not in names[id(p)])]
@@ -150,13 +167,18 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
 
     step = 0
     if start_ckpt is not None:
-        state = ckpt.load_checkpoint(start_ckpt, rank)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if use_fsdp:
+            fsdp.load_optimizer_state(loss_module, optimizer, names, state["optimizer"])
+        else:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
             if state["ema"] is None:
                 raise ValueError(f"{start_ckpt}: no ema.safetensors but ema_decay > 0")
-            ema = {k: v.to(device) for k, v in state["ema"].items()}
+            if use_fsdp:
+                ema = {k: fsdp.shard_like(state["ema"][k], p) for k, p in trained.items()}
+            else:
+                ema = {k: v.to(device) for k, v in state["ema"].items()}
         tr = state["trainer"]
         if tr["world_size"] != world:
             raise ValueError(f"{start_ckpt} was written by {tr['world_size']} processes, this run has {world}: "
@@ -168,9 +190,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         step = int(tr["step"])
         say(f"[train] resumed from {start_ckpt} at step {step}")
 
-    loss_module = _LossModule(model)
+    state = None
     net = loss_module
-    if distributed:
+    if distributed and not use_fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         net = DDP(loss_module, device_ids=[device.index] if device.type == "cuda" else None)
@@ -194,15 +216,24 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         barrier()
         tmp = ckpt.checkpoint_dir(run_dir) / f".{ckpt.step_name(step_now)}.tmp"
         ckpt.write_rank_rng(tmp, rank)
+        model_out, optim_out, ema_out = model, optimizer, ema
+        if use_fsdp:  # gather the full states (collectives: every rank takes part), rank 0 writes
+            model_out = fsdp.full_model_state(loss_module)
+            optim_out = fsdp.full_optimizer_state(loss_module, optimizer, names)
+            ema_out = None if ema is None else {k: fsdp.full(v).cpu() for k, v in ema.items()}
         barrier()
         if is_main:
             trainer_state = {"step": step_now, "world_size": world, "sampler": data.sampler.state_dict(),
                              "recipe": cfg.recipe, "config": to_dict(cfg), "time": time.time()}
-            ckpt.write_main(tmp, model, optimizer, ema, trainer_state, assets)
+            ckpt.write_main(tmp, model_out, optim_out, ema_out, trainer_state, assets)
             ckpt.commit_checkpoint(run_dir, tmp, step_now, cfg.keep_checkpoints)
         barrier()
 
+    eval_copy: list = []  # FSDP: an unsharded copy of the model on rank 0 for the evaluation
+
     def run_eval(step_now: int) -> dict:
+        if use_fsdp:
+            return run_eval_fsdp(step_now)
         if not is_main or not eval_set:
             return {}
         target = model
@@ -217,6 +248,26 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             with torch.no_grad():
                 for k, p in trained.items():
                     p.copy_(backup[k])
+        eval_log.write(step_now, metrics)
+        plot_curves(run_dir)
+        say(f"[eval] step {step_now}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        return metrics
+
+    def run_eval_fsdp(step_now: int) -> dict:
+        if not (cfg.eval_samples > 0 and any(len(v) for v in data.val)):  # the same answer on every rank
+            return {}
+        full_sd = fsdp.full_model_state(loss_module)  # collectives on every rank
+        full_ema = None if ema is None else {k: fsdp.full(v) for k, v in ema.items()}
+        if not is_main:
+            return {}
+        if not eval_copy:
+            with torch.random.fork_rng(devices=[]):  # its random init must not move the training generators
+                eval_copy.append(KIVLA(data.config).to(device))
+        target = eval_copy[0]
+        target.load_state_dict(full_sd)
+        if full_ema is not None:
+            target.load_state_dict(full_ema, strict=False)
+        metrics = evaluate(target, eval_set, cfg.batch_size, cfg.num_flow_steps, device, seed=cfg.seed)
         eval_log.write(step_now, metrics)
         plot_curves(run_dir)
         say(f"[eval] step {step_now}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
@@ -237,7 +288,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             g["lr"] = lr
         for micro in range(cfg.grad_accum):
             batch = next_batch()
-            sync = nullcontext() if (not distributed or micro == cfg.grad_accum - 1) else net.no_sync()
+            if use_fsdp:  # FSDP2: reduce-scatter on the last micro-batch only
+                net.set_requires_gradient_sync(micro == cfg.grad_accum - 1)
+            sync = nullcontext() if (use_fsdp or not distributed or micro == cfg.grad_accum - 1) else net.no_sync()
             with sync:
                 with autocast():
                     losses = net(batch)
@@ -245,6 +298,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             for k in LOSS_KEYS:
                 acc[k] += float(losses[k].detach()) / cfg.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip if o.grad_clip > 0 else float("inf"))
+        if use_fsdp:
+            grad_norm = fsdp.full(grad_norm)  # a replicated DTensor: the global norm over all shards
         if not torch.isfinite(grad_norm):
             raise FloatingPointError(f"step {step}: non-finite gradient norm ({float(grad_norm)}); stopping")
         optimizer.step()
@@ -277,7 +332,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     if cfg.save_rank_params:
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        final = fsdp.full_model_state(loss_module, cpu_offload=False) if use_fsdp else model.state_dict()
+        save_file({k: v.detach().cpu().contiguous() for k, v in final.items()},
                   str(run_dir / f"final_params_rank{rank}.safetensors"))
     counts = dict(data.builder.counts)
     summary = {"steps": step, "resumed_from": start_step, "world_size": world, "device": str(device),
