@@ -49,6 +49,8 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=150)
     ap.add_argument("--episodes", type=int, default=1, help="closed-loop episodes per task and recipe (0: none)")
     ap.add_argument("--eval-seed", type=int, default=900000)
+    ap.add_argument("--tasks", default="pick_red_left,pick_red_right,pick_blue_left,pick_blue_right",
+                    help="closed-loop tasks ('all' for the hand-overs too)")
     ap.add_argument("--mse-threshold", type=float, default=0.1)
     ap.add_argument("--recipes", default=",".join(RECIPES))
     ap.add_argument("--out", default="runs/compare")
@@ -82,7 +84,7 @@ def main() -> None:
                      str(model_dir), "--no-onnx"], out / f"{recipe}.export.log")
             eval_dir = run_dir / "closed_loop"
             run([sys.executable, "-m", "ki_vla_ros.cli", "eval", "--model", str(model_dir), "--episodes",
-                 str(args.episodes), "--tasks", "all", "--seed", str(args.eval_seed), "--out", str(eval_dir)],
+                 str(args.episodes), "--tasks", args.tasks, "--seed", str(args.eval_seed), "--out", str(eval_dir)],
                 out / f"{recipe}.eval.log")
             closed = json.loads((eval_dir / "results.json").read_text())
             entry["closed_loop"] = closed["per_task"]["all"]
