@@ -302,9 +302,12 @@ class PolicyNode(Node):
     def _enter_hold(self, reason: str, idle: bool = False) -> None:
         """Stop executing: joint trajectories get a one-point hold at the commanded position,
         streamed outputs keep the last command (control tick), the base gets zero twist."""
-        first = not self._holding
-        self._holding, self._hold_reason = True, reason
-        self._status = "idle" if idle else "holding"
+        with self._lock:  # a stopped node stays idle: a late hold from the inference thread is moot
+            if not idle and not self._running:
+                return
+            first = not self._holding
+            self._holding, self._hold_reason = True, reason
+            self._status = "idle" if idle else "holding"
         if not first:
             return
         self._stats["holds"] += 0 if idle else 1
@@ -465,11 +468,13 @@ class PolicyNode(Node):
                         make_trajectory(p.output.joints, wp.positions, wp.velocities, wp.times)
                     )
             self.executor_.accept(plan)
+            resumed = self._holding
+            # under the lock: a stop between the publish and here must leave the node idle
+            self._holding, self._hold_reason, self._status = False, "", "running"
         self._stats["chunks_published"] += 1
         self._last_instruction_used = instruction
-        if self._holding:
+        if resumed:
             self.get_logger().info("fresh data: resuming")
-        self._holding, self._hold_reason, self._status = False, "", "running"
         self._latency_est = 0.7 * self._latency_est + 0.3 * elapsed if self._latency_est else elapsed
         # replan after execute_steps of the chunk, never after the chunk has run out
         executed = max(1, min(self.embodiment.execute_steps, len(actions)) - plan.first_index)
