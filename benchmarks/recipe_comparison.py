@@ -6,7 +6,7 @@ and run closed-loop episodes in the simulator (`ki-vla eval`, scene seeds not in
 data). Prints one JSON object and writes a Markdown table.
 
     python benchmarks/recipe_comparison.py --base-config config/train/aloha_sim_ki.yaml \\
-        --preset tiny --steps 1500 --episodes 1 --out runs/compare --table docs/recipe_comparison.md
+        --preset tiny --steps 1500 --episodes 1 --out runs/compare
 
 "Steps to reach a fixed loss" = the first evaluation step at which the held-out action MSE
 (sampled chunk vs recorded chunk, normalised units) is at or below --mse-threshold, fixed before
@@ -54,7 +54,6 @@ def main() -> None:
     ap.add_argument("--mse-threshold", type=float, default=0.1)
     ap.add_argument("--recipes", default=",".join(RECIPES))
     ap.add_argument("--out", default="runs/compare")
-    ap.add_argument("--table", default="docs/recipe_comparison.md")
     args = ap.parse_args()
 
     out = Path(args.out)
