@@ -67,6 +67,13 @@ def iter_decoded(bag: str | Path, topics: Iterable[str] | None = None) -> Iterat
             yield conn.topic, conn.msgtype, int(t_ns), reader.deserialize(raw, conn.msgtype)
 
 
+def first_string(bag: str | Path, topic: str = "/instruction") -> str | None:
+    """The first std_msgs/String on `topic` (e.g. the instruction a recording was made with), or None."""
+    for _topic, _msgtype, _t, msg in iter_decoded(bag, [topic]):
+        return str(msg.data)
+    return None
+
+
 def write_bag(
     path: str | Path, records: Iterable[tuple[str, str, int, Any]], storage: str = "sqlite3",
     compress: bool = False,

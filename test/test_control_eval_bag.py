@@ -98,3 +98,19 @@ def test_eval_bag_modules_import_without_ros():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_instruction_defaults_to_the_bags_own(sqlite_bag, tmp_path, capsys):
+    from ki_vla_ros.bagio import first_string, typestore, write_bag
+
+    String = typestore().types["std_msgs/msg/String"]
+    recorded = write_bag(tmp_path / "with_instruction", [
+        ("/chatter", "std_msgs/msg/String", 1, String(data="not this one")),
+        ("/instruction", "std_msgs/msg/String", 2, String(data="pick up the blue cube")),
+        ("/instruction", "std_msgs/msg/String", 3, String(data="a later one")),
+    ])
+    assert first_string(recorded) == "pick up the blue cube"
+    assert first_string(sqlite_bag) is None
+    # the ALOHA test bag has no /instruction: without --instruction the command says so
+    assert eval_bag_main([str(sqlite_bag), "--policy-class", "ros_helpers:ScriptedPolicy"]) == 1
+    assert "no /instruction message" in capsys.readouterr().err

@@ -260,19 +260,24 @@ def eval_bag_main(argv: list[str]) -> int:
     ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
     ap.add_argument("--policy-class", default="", help="custom policy 'module:Class'")
     ap.add_argument("--num-steps", type=int, default=10)
-    ap.add_argument("--instruction", required=True, help="the instruction the recording was made with")
+    ap.add_argument("--instruction", default=None,
+                    help="the instruction to give the policy (default: the bag's first /instruction message)")
     ap.add_argument("--stride", type=float, default=None, help="seconds between evaluated observations")
     ap.add_argument("--max-samples", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the report as JSON to this file")
     opts = ap.parse_args(argv)
 
+    from ki_vla_ros.bagio import first_string
     from ki_vla_ros.configio import ConfigError
     from ki_vla_ros.control.eval_bag import evaluate_bag, format_report
     from ki_vla_ros.control.policy_loader import load_policy
     from ki_vla_ros.embodiment import load_embodiment, resolve_model_dir
 
     try:
+        instruction = opts.instruction if opts.instruction is not None else first_string(opts.bag)
+        if not instruction:
+            raise ValueError(f"{opts.bag}: no /instruction message in the bag; pass --instruction")
         emb = load_embodiment(opts.embodiment)
         model_dir = resolve_model_dir(opts.model, emb)
         policy = load_policy(
@@ -282,7 +287,7 @@ def eval_bag_main(argv: list[str]) -> int:
             opts.bag,
             policy,
             emb,
-            opts.instruction,
+            instruction,
             stride_s=opts.stride,
             max_samples=opts.max_samples,
             seed=opts.seed,
