@@ -29,15 +29,19 @@ def _run(args, env, timeout=240):
                           text=True, timeout=timeout)
 
 
-def test_missing_model_explains_how_to_make_one(tmp_path):
+def test_default_model_resolves_and_missing_model_explains_how_to_make_one(tmp_path, monkeypatch):
+    from ki_vla_ros.runtime.model_dir import load_manifest
+
+    default = resolve_model("")  # the bundled models/aloha_sim_ki
+    assert default.name == "aloha_sim_ki" and load_manifest(default).layout.camera_names[0] == "cam_high"
     with pytest.raises(DemoError, match="not a model folder"):
         resolve_model(str(tmp_path))
-    try:
+    import ki_vla_ros.embodiment as embodiment
+
+    monkeypatch.setattr(embodiment, "resolve_model_dir", lambda model, emb: tmp_path / "gone")
+    with pytest.raises(DemoError) as info:
         resolve_model("")
-    except DemoError as exc:
-        assert "ki-vla init-model" in str(exc) and "--model" in str(exc)
-    else:
-        pytest.skip("the default model exists")
+    assert "ki-vla init-model" in str(info.value) and "--model" in str(info.value)
 
 
 def test_summary_table():
