@@ -524,11 +524,12 @@ def demo_main(argv: list[str] | None = None) -> int:
     except DemoError as exc:
         print(f"ki-vla demo: {exc}", file=sys.stderr)
         return 2
-    print(f"ki-vla demo: starting the sim and the policy node (model {rig.model_dir}, backend {opts.backend}; "
-          f"ROS_DOMAIN_ID {os.environ.get('ROS_DOMAIN_ID', '(set below)')}) ...", flush=True)
+    print(f"ki-vla demo: starting the sim and the policy node (model {rig.model_dir}, backend {opts.backend}) ...",
+          flush=True)
     try:
         rig.start()
-        print(f"running {opts.task} (seed {opts.seed}) ...", flush=True)
+        print(f"running {opts.task} (seed {opts.seed}; ROS_DOMAIN_ID {os.environ.get('ROS_DOMAIN_ID')}) ...",
+              flush=True)
         r = rig.run_episode(opts.task, opts.seed, opts.duration)
     except (DemoError, KeyboardInterrupt) as exc:
         print(f"ki-vla demo: failed: {exc}", file=sys.stderr)
