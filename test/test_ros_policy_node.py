@@ -32,7 +32,8 @@ class Rig:
     def __init__(self, tmp):
         self.env = ros_environment(tmp)
         self.standin = Proc(stand_in_cmd(), self.env, tmp / "standin.log", stdin=True)
-        self.node = Proc(policy_node_cmd("stale_timeout_s:=0.4"), self.env, tmp / "node.log")
+        # 1 s: long enough that a scheduling hiccup of this shared test machine is not "stale"
+        self.node = Proc(policy_node_cmd("stale_timeout_s:=1.0"), self.env, tmp / "node.log")
         self.obs = Observer()
         for topic in (LEFT, RIGHT):
             self.obs.subscribe(JointTrajectory, topic)
@@ -124,7 +125,7 @@ def test_start_sends_safe_trajectories_with_configured_joints(rig):
     assert left.points[-1].positions[6] == pytest.approx(1.0)  # "open" -> gripper 1
     chunk = rig.obs.received(f"{NODE}/action_chunk")[-1]
     assert [d.label for d in chunk.layout.dim] == ["horizon", "action"] and chunk.layout.dim[1].size == 14
-    assert rig.diag()["state"] == "running"
+    assert wait_until(lambda: rig.diag()["state"] == "running", 3.0), rig.diag()  # diagnostics at 2 Hz
 
 
 def test_instruction_change_takes_effect(rig):
@@ -144,15 +145,16 @@ def test_instruction_change_takes_effect(rig):
 
 
 def test_stale_camera_stops_commands_reports_and_resumes(rig):
+    t_off = time.monotonic()
     rig.standin.send("camera cam_left_wrist off")
-    assert wait_until(lambda: rig.diag().get("state") == "holding", 5.0), rig.logs()
+    assert wait_until(lambda: "cam_left_wrist stale" in rig.diag().get("hold_reason", ""), 5.0), rig.logs()
     d = rig.diag()
-    assert "cam_left_wrist" in d["hold_reason"] and d["_level"] == 1, d
+    assert d["state"] == "holding" and d["_level"] == 1, d
     t_hold = time.monotonic()
     time.sleep(1.5)
     late = rig.chunks(LEFT, t_hold + 0.3) + rig.chunks(RIGHT, t_hold + 0.3)
     assert late == [], f"{len(late)} new chunks while a camera was stale"
-    holds = [m for m in rig.obs.received(LEFT, t_hold - 1.0) if len(m.points) == 1]
+    holds = [m for m in rig.obs.received(LEFT, t_off) if len(m.points) == 1]
     assert holds, "no hold trajectory was sent"
     _assert_safe(holds[-1])
     rig.standin.send("camera cam_left_wrist on")
@@ -163,8 +165,8 @@ def test_stale_camera_stops_commands_reports_and_resumes(rig):
 
 def test_nan_joint_state_is_never_acted_on(rig):
     rig.standin.send("nan on")
-    assert wait_until(lambda: rig.diag().get("state") == "holding", 5.0), rig.logs()
-    assert "nan" in rig.diag()["hold_reason"].lower()
+    assert wait_until(lambda: "nan" in rig.diag().get("hold_reason", "").lower(), 5.0), rig.logs()
+    assert rig.diag()["state"] == "holding"
     t_nan = time.monotonic()
     time.sleep(1.5)
     assert rig.chunks(LEFT, t_nan + 0.3) == [] and rig.chunks(RIGHT, t_nan + 0.3) == []
