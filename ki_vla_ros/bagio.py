@@ -47,24 +47,22 @@ def bag_topics(bag: str | Path) -> list[TopicInfo]:
         return [TopicInfo(c.topic, c.msgtype, c.msgcount) for c in reader.connections]
 
 
-def iter_raw(bag: str | Path, topics: Iterable[str] | None = None) -> Iterator[tuple[str, str, int, bytes]]:
+def _iter(bag: str | Path, topics: Iterable[str] | None, decode: bool) -> Iterator[tuple[str, str, int, Any]]:
     wanted = set(topics) if topics else None
     with _reader(bag) as reader:
         conns = [c for c in reader.connections if wanted is None or c.topic in wanted]
         if not conns:  # rosbags reads every connection when given none
             return
         for conn, t_ns, raw in reader.messages(connections=conns):
-            yield conn.topic, conn.msgtype, int(t_ns), bytes(raw)
+            yield conn.topic, conn.msgtype, int(t_ns), reader.deserialize(raw, conn.msgtype) if decode else bytes(raw)
+
+
+def iter_raw(bag: str | Path, topics: Iterable[str] | None = None) -> Iterator[tuple[str, str, int, bytes]]:
+    return _iter(bag, topics, decode=False)
 
 
 def iter_decoded(bag: str | Path, topics: Iterable[str] | None = None) -> Iterator[tuple[str, str, int, Any]]:
-    wanted = set(topics) if topics else None
-    with _reader(bag) as reader:
-        conns = [c for c in reader.connections if wanted is None or c.topic in wanted]
-        if not conns:  # rosbags reads every connection when given none
-            return
-        for conn, t_ns, raw in reader.messages(connections=conns):
-            yield conn.topic, conn.msgtype, int(t_ns), reader.deserialize(raw, conn.msgtype)
+    return _iter(bag, topics, decode=True)
 
 
 def first_string(bag: str | Path, topic: str = "/instruction") -> str | None:
