@@ -90,3 +90,56 @@ def test_layout_mapper_maps_by_name_and_refuses_missing():
     Layout.camera_names = ["cam_low"]
     with pytest.raises(ValueError, match="cam_low"):
         LayoutMapper(emb, P())
+
+
+def _ramp_chunk(t0: float, n: int, dt: float, speed: float) -> np.ndarray:
+    """A 14-D chunk whose action i targets t0 + (i + 1) dt on a joint-0 ramp q = speed * t."""
+    actions = np.zeros((n, 14))
+    actions[:, 0] = speed * (t0 + (np.arange(n) + 1) * dt)
+    return actions
+
+
+def test_new_chunk_starts_from_the_commanded_position_not_the_observed_state():
+    emb = load_embodiment("aloha_bimanual")
+    ex = ChunkExecutor(emb)
+    dt, speed = emb.dt, 2.0  # rad/s, below the waist's 3 rad/s limit; the ramp stays within ±3.14
+    first = ex.make_plan(_ramp_chunk(0.0, 50, dt, speed), np.zeros(14), elapsed=0.0, t_publish=0.0)
+    ex.accept(first)
+    # observed at t = 0.3 s (the arm measured there), ready 0.5 s later: by then the controller
+    # commands the ramp at 0.8 s; the new chunk continues the same ramp
+    t_obs, elapsed = 0.3, 0.5
+    state = np.zeros(14)
+    state[0] = speed * t_obs
+    plan = ex.make_plan(_ramp_chunk(t_obs, 50, dt, speed), state, elapsed=elapsed, t_publish=t_obs + elapsed)
+    left = plan.outputs["left_arm"]
+    np.testing.assert_allclose(left.start[0], speed * (t_obs + elapsed), atol=1e-9)
+    # nothing dragged back: the kept waypoints are the chunk's own ramp
+    expected = speed * (t_obs + (left.waypoints.first_index + np.arange(len(left.waypoints)) + 1) * dt)
+    np.testing.assert_allclose(left.waypoints.positions[:, 0], expected, atol=1e-9)
+    # from the observed state the velocity limit would have pulled the first waypoints back
+    ex_fresh = ChunkExecutor(emb)
+    dragged = ex_fresh.make_plan(_ramp_chunk(t_obs, 50, dt, speed), state, elapsed, t_obs + elapsed)
+    assert expected[0] - dragged.outputs["left_arm"].waypoints.positions[0, 0] > 0.3
+
+
+def test_gripper_closed_on_an_object_is_not_reopened_by_the_next_chunk():
+    emb = load_embodiment("aloha_bimanual")
+    ex = ChunkExecutor(emb)
+    closed = np.zeros((50, 14))  # left gripper (joint 6) commanded closed
+    ex.accept(ex.make_plan(closed, np.zeros(14), 0.0, t_publish=0.0))
+    state = np.zeros(14)
+    state[6] = 0.6  # measured open: the fingers rest on the cube
+    plan = ex.make_plan(closed, state, elapsed=0.2, t_publish=0.5)
+    assert np.all(plan.outputs["left_arm"].waypoints.positions[:, 6] == 0.0)
+
+
+def test_first_chunk_and_chunk_after_hold_anchor():
+    emb = load_embodiment("aloha_bimanual")
+    ex = ChunkExecutor(emb)
+    state = np.full(14, 0.1)
+    plan = ex.make_plan(np.full((20, 14), 0.1), state, 0.0, t_publish=0.0)
+    np.testing.assert_allclose(plan.outputs["right_arm"].start, state[7:])  # nothing commanded yet
+    ex.accept(plan)
+    held = ex.hold(1.0)["right_arm"]
+    later = ex.make_plan(np.full((20, 14), 0.1), np.zeros(14), 0.0, t_publish=5.0)
+    np.testing.assert_allclose(later.outputs["right_arm"].start, held)  # what the controller holds

@@ -64,11 +64,25 @@ class ChunkExecutor:
     def current_positions(self, output: OutputConfig, state: np.ndarray) -> np.ndarray:
         return np.array([state[self.state_index[j]] for j in output.joints], np.float64)
 
+    def anchor(self, output: OutputConfig, state: np.ndarray, t_publish: float) -> np.ndarray:
+        """Where a new chunk for joint ``output`` starts: what the controller is commanding at
+        ``t_publish`` (the active chunk's position then, or the held / last command), else, before
+        anything was commanded, the measured position.
+
+        Not the state measured at observation time: under inference latency the arm has moved on
+        since, and a gripper squeezing an object measures open while it is commanded closed; a
+        limiter starting there would drag every new chunk back (and re-open the gripper)."""
+        cmd = self.commanded_position(output.name, t_publish)
+        if cmd is not None and np.all(np.isfinite(cmd)):
+            return np.asarray(cmd, np.float64)
+        return self.current_positions(output, state)
+
     def make_plan(
         self, actions: np.ndarray, state: np.ndarray, elapsed: float, t_publish: float
     ) -> ChunkPlan:
         """Safe per-output plan for a chunk predicted ``elapsed`` s ago from ``state`` (the
-        embodiment's state vector). Raises UnsafeChunkError (the chunk must be dropped)."""
+        embodiment's state vector, as observed), to be published at ``t_publish``. Joint outputs
+        start from :meth:`anchor`. Raises UnsafeChunkError (the chunk must be dropped)."""
         actions = check_finite(actions, "action chunk")
         state = check_finite(state, "joint state")
         if actions.ndim != 2 or actions.shape[1] != self.embodiment.action_dim:
@@ -84,7 +98,7 @@ class ChunkExecutor:
                 twist, times = plan_base_chunk(sl, lim.linear, lim.angular, self.dt, elapsed)
                 outs[o.name] = OutputPlan(o, twist=twist, times=times)
             else:
-                start = self.current_positions(o, state)
+                start = self.anchor(o, state, t_publish)
                 wp = plan_joint_chunk(sl, start, self.limits[o.name], self.dt, elapsed)
                 outs[o.name] = OutputPlan(
                     o,
