@@ -1,8 +1,15 @@
 """Quantile normalisation of robot states and actions (the statistics stored with a model).
 
 x_norm = 2 (x - q01) / (q99 - q01) - 1, so the 1st and 99th percentiles map to -1 and 1.
-Values outside are not clipped (π0.5 convention). Dimensions whose range is (near) zero map to
-0 and de-normalise back to their q01 value, so a constant joint never divides by zero.
+Values outside are not clipped. Both directions are LeRobot's π0.5 QUANTILES rule, also for a
+dimension whose q01 == q99: its divisor becomes 1e-8, so the value q01 itself maps to -1 (and
+-1 back to q01); anything else maps far outside [-1, 1], as in LeRobot.
+
+Statistics computed here from the project's own data (`QuantileStats.compute(values, min_range)`)
+widen a range narrower than `min_range` symmetrically around its midpoint: a joint that barely
+moves in the demonstrations (an idle arm: q01..q99 of 1e-6..4e-3 rad) would otherwise normalise
+its sensor noise to ±10 and more. The stored file keeps plain q01/q99 (the widened values), so
+the runtime and imported π0.5 statistics are read unchanged.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-_EPS = 1e-6
+ZERO_RANGE_DIVISOR = 1e-8  # LeRobot's normaliser eps, used where q99 == q01
 
 
 @dataclass
@@ -22,29 +29,34 @@ class QuantileStats:
     q99: np.ndarray  # [D]
 
     @classmethod
-    def compute(cls, values: np.ndarray) -> QuantileStats:
-        """Per-dimension 1st/99th percentiles of `values` [N, D] (NaN rows are an error)."""
+    def compute(cls, values: np.ndarray, min_range: float = 0.0) -> QuantileStats:
+        """Per-dimension 1st/99th percentiles of `values` [N, D] (NaN rows are an error); a range
+        q99 - q01 below `min_range` is widened to `min_range` around its midpoint."""
         values = np.asarray(values, np.float64)
         if values.ndim != 2 or len(values) == 0:
             raise ValueError(f"expected values of shape [N, D] with N > 0, got {values.shape}")
         if not np.isfinite(values).all():
             raise ValueError("cannot compute normalisation statistics: values contain NaN or inf")
-        return cls(np.quantile(values, 0.01, axis=0), np.quantile(values, 0.99, axis=0))
+        if min_range < 0:
+            raise ValueError(f"min_range must be >= 0, got {min_range}")
+        q01, q99 = np.quantile(values, 0.01, axis=0), np.quantile(values, 0.99, axis=0)
+        narrow = q99 - q01 < min_range
+        mid = 0.5 * (q01 + q99)
+        return cls(np.where(narrow, mid - 0.5 * min_range, q01), np.where(narrow, mid + 0.5 * min_range, q99))
 
     @property
     def dim(self) -> int:
         return len(self.q01)
 
-    def normalize(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float64)
+    def _divisor(self) -> np.ndarray:
         span = self.q99 - self.q01
-        safe = np.where(span > _EPS, span, 1.0)
-        return np.where(span > _EPS, 2.0 * (x - self.q01) / safe - 1.0, 0.0)
+        return np.where(span == 0, ZERO_RANGE_DIVISOR, span)
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        return 2.0 * (np.asarray(x, np.float64) - self.q01) / self._divisor() - 1.0
 
     def denormalize(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float64)
-        span = self.q99 - self.q01
-        return np.where(span > _EPS, (x + 1.0) * 0.5 * span + self.q01, self.q01)
+        return (np.asarray(x, np.float64) + 1.0) * 0.5 * self._divisor() + self.q01
 
     def to_dict(self) -> dict:
         return {"q01": self.q01.tolist(), "q99": self.q99.tolist()}

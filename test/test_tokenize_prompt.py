@@ -8,7 +8,7 @@ from ki_vla_ros.model import FAST, KIVLA, PAD, PREFIX, TEXT, ModelConfig
 from ki_vla_ros.tokenize import PromptBuilder, TextTokenizer, collate, discretize_state
 
 CORPUS = ["pick up the red cube", "put the cube in the bowl", "what color is the cube? red",
-          "Task: , State: ;\nAction: ", "0 1 2 3 4 5 6 7 8 9 10 100 255"] * 20
+          "Task: , State: ;\nAction: ", "-1 0 1 2 3 4 5 6 7 8 9 10 100 255"] * 20
 
 
 @pytest.fixture(scope="module")
@@ -48,53 +48,66 @@ def test_sentencepiece_model_loads(tmp_path):
         TextTokenizer.load(bad)
 
 
-def test_discretize_state_matches_pi05_bins():
-    s = np.array([-1.0, -0.999, 0.0, 0.999, 1.0, 1.5, -2.0])
-    np.testing.assert_array_equal(discretize_state(s), [0, 0, 128, 255, 255, 255, 0])
+def test_discretize_state_matches_lerobot_bins():
+    """LeRobot's rule by hand: edges e_k = -1 + 2k/256 (k = 0..255), bin = #(edges <= x) - 1.
+    -1.5 is below every edge: -1; -1 = e_0: 0; 0 = e_128: 128; 0.99 lies in [e_254, e_255) =
+    [0.984375, 0.9921875): 254; e_255 itself, 1 and 1.5 are at or above the last edge: 255."""
+    s = np.array([-1.5, -1.0000001, -1.0, -0.999, 0.0, 0.99, 0.9921875, 1.0, 1.5])
+    np.testing.assert_array_equal(discretize_state(s), [-1, -1, 0, 0, 128, 254, 255, 255, 255])
 
 
 def test_layout_kinds_and_loss_mask(text_tok):
     c = cfg()
     pb = PromptBuilder(text_tok, c)
-    ex = pb.build("pick up the red cube", state=np.array([0.0, 0.5]), action_tokens=[0, 5, 255], answer="red")
+    ex = pb.build("pick up the red cube", state=np.array([0.0, 0.5]), action_tokens=[0, 5, 255])
     tokens, kind, loss = ex["tokens"], ex["token_kind"], ex["loss_mask"]
     assert tokens[0] == text_tok.bos_id
     n_prefix = int((kind == PREFIX).sum())
     assert (kind[:n_prefix] == PREFIX).all()
-    assert text_tok.decode(tokens[1:n_prefix]) == "Task: pick up the red cube, State: 128 192;\n"
-    ans = tokens[kind == TEXT]
-    assert text_tok.decode(ans[:-1]) == "red" and ans[-1] == text_tok.eos_id and loss[kind == TEXT].all()
+    # LeRobot's π0.5 prompt, "Action: " once, at the end of the prefix
+    assert text_tok.decode(tokens[1:n_prefix]) == "Task: pick up the red cube, State: 128 192;\nAction: "
     fast = tokens[kind == FAST]
-    act = [int(t) for t in fast if t >= c.fast_token_base]
-    assert act == [c.vocab_size - 256, c.vocab_size - 251, c.vocab_size - 1]  # reserved range at the END
-    assert pb.action_tokens_from_ids(act) == [0, 5, 255]
-    assert text_tok.decode(fast[: len(fast) - 4]) == "Action: "
-    np.testing.assert_array_equal(loss[kind == FAST], [False] * (len(fast) - 4) + [True] * 4)
-    assert not loss[kind == PREFIX].any()
+    assert fast.tolist() == [c.vocab_size - 256, c.vocab_size - 251, c.vocab_size - 1, text_tok.eos_id]
+    assert pb.action_tokens_from_ids(fast[:-1]) == [0, 5, 255]  # reserved range at the END
+    assert loss[kind == FAST].all() and not loss[kind == PREFIX].any()
     # the inference prefix is exactly the training prefix
     inf_tokens, inf_mask = pb.inference_prefix("pick up the red cube", np.array([0.0, 0.5]))
     np.testing.assert_array_equal(inf_tokens[inf_mask], tokens[:n_prefix])
     assert inf_tokens.shape == (c.max_prefix_tokens,)
+    # a language target: after the robot prefix, before the action tokens
+    ex = pb.build("pick up the red cube", state=np.array([0.0, 0.5]), action_tokens=[7], answer="red")
+    ans = ex["tokens"][ex["token_kind"] == TEXT]
+    assert text_tok.decode(ans[:-1]) == "red" and ans[-1] == text_tok.eos_id
+    assert ex["loss_mask"][ex["token_kind"] == TEXT].all()
+    # VLM data: no state, no marker
+    vlm = pb.build("what color is the cube?", None, answer="red")
+    assert text_tok.decode(vlm["tokens"][1:][vlm["token_kind"][1:] == PREFIX]) == "Task: what color is the cube?;\n"
+    with pytest.raises(ValueError, match="need a robot example"):
+        pb.build("go", None, action_tokens=[1])
 
 
 def test_state_modes(text_tok):
-    state = np.array([-1.0, 0.0, 0.99])
-    tok_mode = PromptBuilder(text_tok, cfg("tokens")).prefix("go", state)
+    state = np.array([-1.0, 0.0, 0.99, -1.5])
     c = cfg("tokens")
-    assert [t - c.state_token_base for t in tok_mode if c.state_token_base <= t < c.fast_token_base] == [0, 128, 254]
+    tok_mode = PromptBuilder(text_tok, c).prefix("go", state)
+    # bin -1 (below the range) becomes the first reserved id, never one below the range
+    assert [t - c.state_token_base for t in tok_mode if c.state_token_base <= t < c.fast_token_base] == [0, 128, 254, 0]
+    assert text_tok.decode([t for t in tok_mode if t < c.state_token_base][1:]) == "Task: go, State: ;\nAction: "
+    text_mode = PromptBuilder(text_tok, cfg()).prefix("go", state)
+    assert text_tok.decode(text_mode[1:]) == "Task: go, State: 0 128 254 -1;\nAction: "
     cont = PromptBuilder(text_tok, cfg("continuous")).prefix("go", state)
-    assert text_tok.decode(cont[1:]) == "Task: go;\n"
+    assert text_tok.decode(cont[1:]) == "Task: go;\nAction: "
     assert text_tok.decode(PromptBuilder(text_tok, cfg()).prefix("go", None)[1:]) == "Task: go;\n"
 
 
 def test_limits(text_tok):
     pb = PromptBuilder(text_tok, cfg())
     long = pb.prefix("pick " * 100, np.zeros(2))
-    assert len(long) == cfg().max_prefix_tokens and text_tok.decode(long).endswith(", State: 128 128;\n")
+    assert len(long) == cfg().max_prefix_tokens and text_tok.decode(long).endswith(", State: 128 128;\nAction: ")
     with pytest.raises(ValueError, match="max_target_tokens"):
-        pb.build("go", action_tokens=list(range(100)))
+        pb.build("go", np.zeros(2), action_tokens=list(range(100)))
     with pytest.raises(ValueError, match="num_fast_tokens"):
-        pb.build("go", action_tokens=[256])
+        pb.build("go", np.zeros(2), action_tokens=[256])
     with pytest.raises(ValueError, match="reserves ids"):
         PromptBuilder(text_tok, cfg().replace(vocab_size=600))  # text ids must stay below 88
 

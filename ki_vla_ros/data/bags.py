@@ -35,7 +35,7 @@ import yaml
 
 from ki_vla_ros.data.episode import Episode, LoadReport
 from ki_vla_ros.embodiment import Embodiment
-from ki_vla_ros.runtime.preprocess import resize_with_pad
+from ki_vla_ros.runtime.preprocess import resize_with_pad_uint8
 
 NS = 1_000_000_000
 
@@ -238,7 +238,7 @@ def read_bag_episodes(bag: str | Path, emb: Embodiment, image_size: int, action_
 
 def _decode(topic, msg, msgtype, cams, states, outputs, image_size):
     if topic in cams:
-        return resize_with_pad(_image_to_rgb(msg, msgtype), image_size)
+        return resize_with_pad_uint8(_image_to_rgb(msg, msgtype), image_size)
     if topic in states:
         names = list(msg.name)
         pos = np.asarray(msg.position, np.float64)

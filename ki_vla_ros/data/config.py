@@ -26,6 +26,10 @@ class DatasetConfig:
     # all robot datasets
     max_episodes: int = 0  # 0: all
     val_episodes: int = -1  # held-out episodes (-1: 10%, at least 1 when there are >= 2 episodes)
+    # normalisation statistics computed from this data: a state/action dimension whose 1st..99th
+    # percentile range is narrower than this (robot units: rad, m, gripper) is widened to it around
+    # its midpoint, so an idle joint's noise does not normalise to ±10 (0: plain q01/q99)
+    min_quantile_range: float = 0.02
     # vlm
     val_fraction: float = 0.1  # held-out share of images
 
@@ -36,5 +40,7 @@ class DatasetConfig:
             raise ValueError(f"weight: must be >= 0, got {self.weight}")
         if self.type == "rosbag" and not self.embodiment:
             raise ValueError("embodiment: a rosbag dataset needs an embodiment (name or YAML path)")
+        if self.min_quantile_range < 0:
+            raise ValueError(f"min_quantile_range: must be >= 0, got {self.min_quantile_range}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction: expected 0 <= x < 1, got {self.val_fraction}")

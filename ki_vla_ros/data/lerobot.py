@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ki_vla_ros.data.episode import Episode, LoadReport
-from ki_vla_ros.runtime.preprocess import resize_with_pad
+from ki_vla_ros.runtime.preprocess import resize_with_pad_uint8
 
 IMAGE_PREFIX = "observation.images."
 
@@ -78,7 +78,7 @@ class _VideoCache:
     def frames(self, path: Path) -> dict[int, np.ndarray]:
         if path not in self.files:
             self.files.clear()  # keep one file decoded at a time (episodes are read in file order)
-            self.files[path] = {int(round(t * self.fps)): resize_with_pad(img, self.size)
+            self.files[path] = {int(round(t * self.fps)): resize_with_pad_uint8(img, self.size)
                                 for t, img in decode_video(path).items()}
         return self.files[path]
 
@@ -147,7 +147,7 @@ def read_lerobot(root: str | Path, image_size: int, cameras: dict[str, str] | No
             if features[key]["dtype"] == "image":
                 for j, i in enumerate(rows):
                     try:
-                        images[j, ci] = resize_with_pad(_decode_image(table[key][i]), image_size)
+                        images[j, ci] = resize_with_pad_uint8(_decode_image(table[key][i]), image_size)
                         mask[j, ci] = True
                     except (ValueError, TypeError, OSError):
                         bad[f"corrupt: {key}"] += 1

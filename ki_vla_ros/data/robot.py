@@ -23,15 +23,15 @@ import numpy as np
 from ki_vla_ros.data.config import DatasetConfig
 from ki_vla_ros.data.episode import Episode, LoadReport
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: images resized in float (LeRobot rule), int() sizes
 
 
 def _fingerprint(cfg: DatasetConfig, image_size: int) -> str:
     root = Path(cfg.path).resolve()
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     h = hashlib.sha1()
-    h.update(json.dumps({"v": CACHE_VERSION, "cfg": dataclasses.asdict(cfg) | {"name": "", "weight": 0,
-                                                                               "val_episodes": 0},
+    ignored = {"name": "", "weight": 0, "val_episodes": 0, "min_quantile_range": 0}  # not used in reading
+    h.update(json.dumps({"v": CACHE_VERSION, "cfg": dataclasses.asdict(cfg) | ignored,
                          "size": image_size, "root": str(root)}, sort_keys=True).encode())
     if cfg.type == "rosbag":
         from ki_vla_ros.configio import to_dict

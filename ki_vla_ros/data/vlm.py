@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ki_vla_ros.runtime.preprocess import resize_with_pad
+from ki_vla_ros.runtime.preprocess import resize_with_pad_uint8
 
 
 @dataclass
@@ -73,4 +73,4 @@ def read_image(path: Path, size: int) -> np.ndarray:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError(f"{path}: cannot read image")
-    return resize_with_pad(np.ascontiguousarray(bgr[..., ::-1]), size)
+    return resize_with_pad_uint8(np.ascontiguousarray(bgr[..., ::-1]), size)

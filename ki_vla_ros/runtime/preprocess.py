@@ -1,27 +1,43 @@
-"""Camera images to model input: resize with padding (bilinear, centred black bars) to the
-model's square size, then scale to [-1, 1] (π0.5 convention). A missing camera is an all −1
-image with its mask off."""
+"""Camera images to model input, LeRobot's π0.5 rule: uint8 RGB as float in [0, 1], resized with
+padding to the model's square size — scale = max(H, W) / size, resized size int(H / scale) x
+int(W / scale), bilinear (half-pixel centres, no antialiasing) in float, clamped to [0, 1], black
+bars centred (the odd pixel at the bottom / right) — then scaled to [-1, 1]. There is no uint8
+round trip between the resize and the model. A missing camera is an all −1 image with its mask off.
+
+`resize_with_pad_uint8` is the same resize rounded to uint8, for the training data's episode
+cache (images stay small and memory-mapped there; the rounding is at most half a uint8 step).
+"""
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 
 def resize_with_pad(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [H, W, 3] -> uint8 [size, size, 3], aspect ratio kept, black bars centred."""
+    """uint8 [H, W, 3] -> float32 [size, size, 3] in [0, 1], aspect ratio kept, black bars centred."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 RGB image [H, W, 3], got {image.dtype} {image.shape}")
+    pixels = image.astype(np.float32) / 255.0
     h, w = image.shape[:2]
     if (h, w) == (size, size):
-        return image
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    out = np.zeros((size, size, 3), np.uint8)
+        return pixels
+    ratio = max(w / size, h / size)
+    nh, nw = int(h / ratio), int(w / ratio)
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None]  # [1, 3, H, W]
+    resized = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
+    out = np.zeros((size, size, 3), np.float32)
     top, left = (size - nh) // 2, (size - nw) // 2
-    out[top : top + nh, left : left + nw] = resized
+    out[top : top + nh, left : left + nw] = resized[0].permute(1, 2, 0).numpy()
     return out
+
+
+def resize_with_pad_uint8(image: np.ndarray, size: int) -> np.ndarray:
+    """`resize_with_pad` rounded to uint8 [size, size, 3] (the training data's image cache)."""
+    if image.shape[:2] == (size, size) and image.dtype == np.uint8 and image.ndim == 3:
+        return image
+    return np.round(resize_with_pad(image, size) * 255.0).astype(np.uint8)
 
 
 def images_to_model(images: dict[str, np.ndarray], camera_names: list[str], size: int
@@ -34,7 +50,6 @@ def images_to_model(images: dict[str, np.ndarray], camera_names: list[str], size
         image = images.get(name)
         if image is None:
             continue
-        square = resize_with_pad(image, size)
-        pixels[i] = square.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0
+        pixels[i] = resize_with_pad(image, size).transpose(2, 0, 1) * 2.0 - 1.0
         mask[i] = True
     return pixels, mask

@@ -2,14 +2,22 @@
 
 Layout of one token row (kinds from `ki_vla_ros.model.masks`)::
 
-    PREFIX  <bos> "Task: {instruction}, State: {s};\\n"     (bidirectional, no loss)
-    TEXT    {answer} <eos>                                  (optional language target, loss)
-    FAST    "Action: " {action tokens} <eos>                 (optional; loss on the action tokens and <eos>)
+    PREFIX  <bos> "Task: {instruction}, State: {s};\\nAction: "   (bidirectional, no loss)
+    TEXT    {answer} <eos>                                      (optional language target, loss)
+    FAST    {action tokens} <eos>                               (optional; loss on all of them)
+
+A robot example's prefix ends with "Action: " exactly as LeRobot's / openpi's π0.5 prompt does
+("Task: …, State: …;\\nAction: "), at inference and in training alike, so the FAST target is only
+the action tokens (the marker appears once). A VLM example (`state=None`) has no marker:
+"Task: {prompt};\\n" then its answer.
 
 State (normalised to [-1, 1]) per `config.state_mode`:
 * ``text``       — 256 bins written as numbers: "State: 12 200 …;" (π0.5, §C "text state");
 * ``tokens``     — one reserved id per dimension: state_token_base + bin (§C "special token state");
-* ``continuous`` — not in the text ("Task: {instruction};\\n"); the model projects `state` itself.
+* ``continuous`` — not in the text ("Task: {instruction};\\nAction: "); the model projects `state`.
+Bins follow LeRobot's π0.5 rule exactly (`discretize_state`): a value below -1 is bin -1 (written
+"-1" in text mode), a value at or above 1 - 2/256 is bin 255; in ``tokens`` mode the bin is clipped
+to [0, 255] so the id stays in the reserved range.
 `state=None` (VLM data) omits the state. Action token k (FAST or naive, 0 ≤ k < num_fast_tokens)
 becomes model id `config.fast_token_base + k` (the reserved range at the end of the vocabulary).
 
@@ -33,9 +41,12 @@ TOKEN_KEYS = ("tokens", "token_kind", "loss_mask")
 
 
 def discretize_state(state: np.ndarray, bins: int = 256) -> np.ndarray:
-    """Normalised state [s] in [-1, 1] -> bin indices [s] in [0, bins) (values outside are clipped)."""
+    """Normalised state [s] -> bin indices [s] in [-1, bins), LeRobot's π0.5 rule: the bins+1 edges
+    from -1 to 1 without the last, `np.digitize - 1`. So x < -1 gives -1, x >= 1 - 2/bins gives
+    bins - 1 (values above 1 included); nothing is clipped. The state is taken as float32, as
+    LeRobot's tensors are, so a value next to an edge falls into the same bin."""
     edges = np.linspace(-1.0, 1.0, bins + 1)[:-1]
-    return (np.digitize(np.asarray(state, dtype=np.float64), edges) - 1).clip(0, bins - 1)
+    return np.digitize(np.asarray(state, dtype=np.float32), edges) - 1
 
 
 class PromptBuilder:
@@ -49,21 +60,24 @@ class PromptBuilder:
 
     # ---- pieces ---------------------------------------------------------------------------------
     def prefix(self, instruction: str, state: np.ndarray | None = None) -> list[int]:
-        """<bos> Task: …, State: …;\\n as model ids (length ≤ max_prefix_tokens)."""
+        """<bos> Task: …, State: …;\\nAction: as model ids (length ≤ max_prefix_tokens); without a
+        state (VLM data) <bos> Task: …;\\n."""
         c = self.cfg
         instruction = instruction.strip().replace("_", " ").replace("\n", " ")
         head = [self.tok.bos_id, *self.tok.encode(f"Task: {instruction}")]
-        if state is None or c.state_mode == "continuous":
+        if state is None:
             tail = self.tok.encode(";\n")
+        elif c.state_mode == "continuous":
+            tail = self.tok.encode(";\nAction: ")
         elif c.state_mode == "text":
             bins = discretize_state(state, c.state_bins)
-            tail = self.tok.encode(", State: " + " ".join(str(int(b)) for b in bins) + ";\n")
-        else:  # tokens
-            bins = discretize_state(state, c.state_bins)
+            tail = self.tok.encode(", State: " + " ".join(str(int(b)) for b in bins) + ";\nAction: ")
+        else:  # tokens: the bin's reserved id (clipped so that -1 stays in the range)
+            bins = discretize_state(state, c.state_bins).clip(0, c.state_bins - 1)
             tail = [
                 *self.tok.encode(", State: "),
                 *(c.state_token_base + bins).tolist(),
-                *self.tok.encode(";\n"),
+                *self.tok.encode(";\nAction: "),
             ]
         room = c.max_prefix_tokens - len(tail)
         if room < 2:
@@ -105,11 +119,13 @@ class PromptBuilder:
             kinds += [TEXT] * len(ans)
             loss += [True] * len(ans)
         if action_tokens is not None:
-            marker = self.tok.encode("Action: ")
+            if state is None:
+                raise ValueError("action tokens need a robot example (a state); the prompt's 'Action: ' "
+                                 "marker ends a robot prefix")
             act = [*self.action_ids(action_tokens), self.tok.eos_id]
-            tokens += marker + act
-            kinds += [FAST] * (len(marker) + len(act))
-            loss += [False] * len(marker) + [True] * len(act)
+            tokens += act
+            kinds += [FAST] * len(act)
+            loss += [True] * len(act)
         n_target = len(tokens) - kinds.count(PREFIX)
         if n_target > self.cfg.max_target_tokens:
             raise ValueError(

@@ -92,9 +92,9 @@ def _derived_config(cfg: TrainConfig, state_dims: list[int], action_dims: list[i
     o.setdefault("state_dim", max(base.state_dim, pad8(max(state_dims))))
     o.setdefault("action_dim", max(base.action_dim, pad8(max(action_dims))))
     mode = o.get("state_mode", base.state_mode)
-    if mode != "continuous":
+    if mode != "continuous":  # BOS, "Task: …" (~24), ", State: " + numbers, ";\nAction: " (~8)
         o.setdefault("max_prefix_tokens", max(base.max_prefix_tokens, (2 if mode == "text" else 1)
-                                              * max(state_dims) + 32))
+                                              * max(state_dims) + 40))
     return get_recipe(cfg.recipe).apply(ModelConfig.preset(cfg.model.preset, **o))
 
 
@@ -212,12 +212,14 @@ def _horizon(cfg: TrainConfig) -> int:
 def _fit_assets(cfg, assets: Path, names, kinds, trains, export, reports, log) -> None:
     recipe = get_recipe(cfg.recipe)
     (assets / "norm_stats").mkdir(parents=True, exist_ok=True)
+    dcfg = {d.name: d for d in cfg.datasets}
     sdims, adims, norm = [], [], {}
     for n, k, ds in zip(names, kinds, trains):
         if k == "vlm":
             continue
         s, a = ds.state_action_rows()
-        norm[n] = NormStats(QuantileStats.compute(s), QuantileStats.compute(a))
+        r = dcfg[n].min_quantile_range
+        norm[n] = NormStats(QuantileStats.compute(s, r), QuantileStats.compute(a, r))
         norm[n].save(assets / "norm_stats" / f"{n}.json")
         sdims.append(s.shape[1])
         adims.append(a.shape[1])
@@ -249,7 +251,7 @@ def _train_text_tokenizer(cfg, assets: Path, kinds, trains, model_cfg) -> None:
             texts += [f"{r.prompt} {r.answer}" for r in (ds.records[i] for i in ds.indices)]
         else:
             texts += sorted({e.instruction for e in ds.episodes})
-    numbers = " ".join(str(b) for b in range(model_cfg.state_bins))
+    numbers = " ".join(str(b) for b in range(-1, model_cfg.state_bins))  # -1: below the range
     texts += [f"Task: , State: {numbers};\nAction: "] * 8
     vocab = cfg.tokenizers.text_vocab_size or min(2048, model_cfg.text_vocab_limit)
     if vocab > model_cfg.text_vocab_limit:
