@@ -2,11 +2,13 @@
 ki/pi0 overhead (the paper reports ≈20% for the joint objective). Also the `small` inference time
 (3 camera views + 10 Euler steps). Prints one JSON object.
 
-    .venv/bin/python benchmarks/train_step.py [--steps 10] [--threads N]
+    .venv/bin/python benchmarks/train_step.py [--steps 10] [--threads N] [--precision fp32|bf16] [--batch-size B]
 
 A step = compute_loss + backward + AdamW step on a synthetic batch (`model.synthetic`): `pi0`
 batches hold only prefix tokens (flow loss); `ki` batches add FAST targets (≈1/12 of H·D tokens,
 as measured for FAST on smooth chunks) and, for half the examples, a short text answer.
+`--precision bf16`: the forward under bf16 autocast, as the trainer's `precision: bf16`
+(train/precision.py); `--batch-size` overrides the batch size of both presets.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from ki_vla_ros.model import KIVLA, RECIPES, ModelConfig
 from ki_vla_ros.model.masks import PREFIX
 from ki_vla_ros.model.synthetic import open_gates, synthetic_batch
+from ki_vla_ros.train.precision import autocast
 
 SETTINGS = {  # preset -> batch size, camera views, prefix text tokens, FAST tokens for ki
     "tiny": dict(batch_size=8, num_views=2, prefix_len=16, fast_len=8),
@@ -39,7 +42,7 @@ def timed(fn, steps: int, warmup: int = 2) -> float:
     return statistics.median(times) * 1e3
 
 
-def train_step_ms(preset: str, recipe: str, steps: int) -> float:
+def train_step_ms(preset: str, recipe: str, steps: int, precision: str = "fp32") -> float:
     torch.manual_seed(0)
     model = KIVLA(ModelConfig.preset(preset))
     params = RECIPES[recipe].configure(model)
@@ -55,7 +58,8 @@ def train_step_ms(preset: str, recipe: str, steps: int) -> float:
     del batch["time"]  # sample flow time as in training
 
     def step():
-        out = model.compute_loss(batch)
+        with autocast(precision, torch.device("cpu")):
+            out = model.compute_loss(batch)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
@@ -85,12 +89,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1, help="1 by default: stable numbers on a shared CPU")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="training steps only [fp32]")
+    ap.add_argument("--batch-size", type=int, default=0, help="training batch size (0: tiny 8, small 8)")
     args = ap.parse_args()
+    if args.batch_size:
+        for s in SETTINGS.values():
+            s["batch_size"] = args.batch_size
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = {"threads": torch.get_num_threads(), "train_step_ms": {}, "ki_over_pi0": {}}
+    result = {"threads": torch.get_num_threads(), "precision": args.precision, "train_step_ms": {}, "ki_over_pi0": {}}
     for preset in ("tiny", "small"):
-        ms = {r: round(train_step_ms(preset, r, args.steps), 1) for r in ("pi0", "ki")}
+        ms = {r: round(train_step_ms(preset, r, args.steps, args.precision), 1) for r in ("pi0", "ki")}
         result["train_step_ms"][preset] = ms | {"batch": SETTINGS[preset]}
         result["ki_over_pi0"][preset] = round(ms["ki"] / ms["pi0"] - 1.0, 3)
     result["inference_small"] = inference_ms("small", args.steps)

@@ -75,7 +75,7 @@ class TrainConfig:
     parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP, or FSDP2 (sharded params/grads/optimiser)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema_decay: float = 0.0  # 0: no EMA; e.g. 0.999
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA / CPUs with native bf16
     device: str = "auto"  # auto: cuda:<local rank> if available, else cpu
     threads: int = 0  # torch intra-op threads (0: torch default)
     log_every: int = 10

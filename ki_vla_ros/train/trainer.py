@@ -5,7 +5,8 @@ One process, or one per device under ``torchrun --nproc_per_node N`` (DDP, or FS
 global batch from the seeded mixture and keeps its slice.
 Per step: `grad_accum` micro-batches (gradient sync on the last only), global-norm clipping,
 AdamW with linear warm-up and cosine decay (lr set from the step, no scheduler state), optional
-EMA of the trained parameters. bf16 autocast on CUDA only (CPU stays fp32).
+EMA of the trained parameters. `precision` (train/precision.py): bf16 autocast on CUDA and on CPUs
+with native bf16 (auto), fp32 otherwise; parameters, gradients and optimiser state stay fp32.
 
 Exact resume: a checkpoint holds the parameters, the AdamW state, the EMA, every rank's torch /
 numpy / python generator states and the mixture sampler's state; the learning rate is a function
@@ -35,6 +36,7 @@ from ki_vla_ros.train import checkpoint as ckpt
 from ki_vla_ros.train.config import TrainConfig
 from ki_vla_ros.train.data_setup import prepare_data
 from ki_vla_ros.train.evaluate import EVAL_KEYS, CsvLog, evaluate, plot_curves
+from ki_vla_ros.train.precision import autocast, resolve_precision
 
 LOSS_KEYS = ("loss", "flow_loss", "fast_loss", "text_loss")
 
@@ -196,8 +198,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         net = DDP(loss_module, device_ids=[device.index] if device.type == "cuda" else None)
-    use_bf16 = device.type == "cuda" and cfg.precision in ("auto", "bf16")
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    precision, why = resolve_precision(cfg.precision, device)
+    say(f"[train] {precision} ({why})")
 
     eval_set = data.eval_examples(cfg.eval_samples, cfg.seed) if is_main else []
     train_log = CsvLog(run_dir / "train_log.csv", [*LOSS_KEYS, "lr", "grad_norm", "steps_per_s"],
@@ -224,7 +226,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         barrier()
         if is_main:
             trainer_state = {"step": step_now, "world_size": world, "sampler": data.sampler.state_dict(),
-                             "recipe": cfg.recipe, "config": to_dict(cfg), "time": time.time()}
+                             "recipe": cfg.recipe, "precision": precision, "config": to_dict(cfg),
+                             "time": time.time()}
             ckpt.write_main(tmp, model_out, optim_out, ema_out, trainer_state, assets)
             ckpt.commit_checkpoint(run_dir, tmp, step_now, cfg.keep_checkpoints)
         barrier()
@@ -292,7 +295,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
                 net.set_requires_gradient_sync(micro == cfg.grad_accum - 1)
             sync = nullcontext() if (use_fsdp or not distributed or micro == cfg.grad_accum - 1) else net.no_sync()
             with sync:
-                with autocast():
+                with autocast(precision, device):
                     losses = net(batch)
                 (losses["loss"] / cfg.grad_accum).backward()
             for k in LOSS_KEYS:
@@ -337,6 +340,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
                   str(run_dir / f"final_params_rank{rank}.safetensors"))
     counts = dict(data.builder.counts)
     summary = {"steps": step, "resumed_from": start_step, "world_size": world, "device": str(device),
+               "precision": precision,
                "seconds": round(elapsed, 2), "steps_per_s": round(steps_timed / elapsed, 3) if elapsed else None,
                "final_eval": metrics, "example_notes": counts,
                "checkpoint": str(ckpt.latest_checkpoint(run_dir)) if is_main else None}
