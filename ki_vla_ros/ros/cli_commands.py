@@ -53,7 +53,7 @@ def run_main(argv: list[str]) -> int:
     opts = ap.parse_args(argv)
 
     from ki_vla_ros.configio import ConfigError
-    from ki_vla_ros.ros.policy_node import PolicyNode
+    from ki_vla_ros.ros.policy_node import EXECUTOR_THREADS, PolicyNode
     from ki_vla_ros.ros.spin import run_node
 
     params_file = Path(opts.params_file) if opts.params_file else default_params_file()
@@ -74,7 +74,8 @@ def run_main(argv: list[str]) -> int:
     for p in opts.param:
         ros_args += ["-p", p]
     return run_node(lambda: PolicyNode(opts.node_name, namespace=opts.namespace), "ki-vla run",
-                    ["ki-vla", *ros_args], (ConfigError, ValueError, RuntimeError, OSError))
+                    ["ki-vla", *ros_args], (ConfigError, ValueError, RuntimeError, OSError),
+                    num_threads=EXECUTOR_THREADS)
 
 
 # --------------------------------------------------------------------------------- command

@@ -6,12 +6,14 @@ import sys
 from collections.abc import Callable
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 
 
 def spin_node(node: Node, num_threads: int = 4) -> None:
-    executor = MultiThreadedExecutor(num_threads=num_threads)
+    """Spin until shutdown: ``num_threads`` 1 is a single-threaded executor (the least Python work
+    per callback: for nodes whose callbacks are all short), more a multi-threaded one."""
+    executor = SingleThreadedExecutor() if num_threads == 1 else MultiThreadedExecutor(num_threads=num_threads)
     executor.add_node(node)
     try:
         executor.spin()
