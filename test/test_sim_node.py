@@ -97,10 +97,28 @@ def test_publishes_clock_cameras_joint_states_and_status(rig):
     left, right = rig.obs.received(LEFT_STATE)[-1], rig.obs.received(RIGHT_STATE)[-1]
     assert list(left.name) == EMB.state[0].joints and list(right.name) == EMB.state[1].joints
     assert len(left.position) == 7 and len(left.velocity) == 7
-    assert wait_until(lambda: rig.status().get("episode_time", 0) > 0, 10.0), rig.status()
+    assert wait_until(lambda: rig.status().get("real_time_factor", 0) > 0, 10.0), rig.status()
     st = rig.status()
     assert st["task"] == "pick_red_left" and st["seed"] == 1
-    assert st["success"] is False and st["done"] is False and st["real_time_factor"] > 0
+    assert st["success"] is False and st["done"] is False
+
+
+def test_holds_still_until_the_first_command(rig):
+    """No command yet: the clock, joint states and cameras keep coming, the robot does not move
+    (not even sagging under gravity) and the episode has not started."""
+    t0 = rig.obs.received("/clock")[-1].clock
+    q0l, q0r = rig.joints(LEFT_STATE), rig.joints(RIGHT_STATE)
+    n_img = len(rig.obs.received(EMB.cameras[0].topic))
+    img0 = bytes(rig.obs.received(EMB.cameras[0].topic)[-1].data)
+    time.sleep(1.0)
+    t1 = rig.obs.received("/clock")[-1].clock
+    assert (t1.sec + t1.nanosec * 1e-9) - (t0.sec + t0.nanosec * 1e-9) > 0.3  # the clock runs
+    assert len(rig.obs.received(EMB.cameras[0].topic)) > n_img
+    assert bytes(rig.obs.received(EMB.cameras[0].topic)[-1].data) == img0
+    np.testing.assert_array_equal(rig.joints(LEFT_STATE), q0l)
+    np.testing.assert_array_equal(rig.joints(RIGHT_STATE), q0r)
+    st = rig.status()
+    assert st["waiting_for_command"] is True and st["episode_time"] == 0.0, st
 
 
 def test_trajectory_moves_the_joints(rig):
@@ -113,6 +131,7 @@ def test_trajectory_moves_the_joints(rig):
     ok = wait_until(lambda: abs(rig.joints(LEFT_STATE)[0] - target_l[0]) < 0.05
                     and rig.joints(RIGHT_STATE)[6] < 0.35, 40.0)
     assert ok, (rig.joints(LEFT_STATE), rig.joints(RIGHT_STATE), rig.status(), rig.proc.tail())
+    assert rig.status()["waiting_for_command"] is False and rig.status()["episode_time"] > 0.5
     np.testing.assert_allclose(rig.joints(RIGHT_STATE)[:6], start_r[:6], atol=0.05)  # others held
     assert rig.status()["trajectories"] >= 2
 
@@ -134,10 +153,19 @@ def test_parameters_and_reset(rig):
     clock_before = rig.obs.received("/clock")[-1].clock.sec + rig.obs.received("/clock")[-1].clock.nanosec * 1e-9
     res = rig.obs.call(Trigger, f"{NODE}/reset")
     assert res.success, res.message
+    # nobody commands: the episode ends after max_sim_time_s of waiting, without moving
     assert wait_until(lambda: rig.status().get("task") == "pick_blue_right" and rig.status().get("done"), 30.0), (
         rig.status(), rig.proc.tail())
     st = rig.status()
     assert st["seed"] == 7 and st["instruction"] == "pick up the blue cube with the right arm"
+    assert st["episode_time"] == 0.0 and st["waiting_for_command"] is True
+    # commanded: the episode runs max_sim_time_s from the first command
+    assert rig.obs.call(Trigger, f"{NODE}/reset").success
+    assert wait_until(lambda: rig.status().get("waiting_for_command") and not rig.status().get("done"), 10.0)
+    rig.send(RIGHT_CMD, ["right_gripper"], [(0.1, [0.5])])
+    assert wait_until(lambda: rig.status().get("done") and not rig.status().get("waiting_for_command"), 30.0), (
+        rig.status(), rig.proc.tail())
+    st = rig.status()
     assert st["episode_time"] == pytest.approx(0.3, abs=0.021)
     assert st["sim_time"] > clock_before  # the clock continues across resets
     # back at the home pose: the left waist returned to 0 (it was moved above)
@@ -145,6 +173,7 @@ def test_parameters_and_reset(rig):
     # a paused sim stands still; unlimited again after the next reset
     assert rig.obs.set_parameter(NODE, "max_sim_time_s", 0.0).successful
     assert rig.obs.call(Trigger, f"{NODE}/reset").success
+    rig.send(RIGHT_CMD, ["right_gripper"], [(0.1, [0.5])])
     t0 = time.monotonic()
     assert wait_until(lambda: rig.status().get("episode_time", 0) > 0.2 and not rig.status()["done"], 20.0)
     assert time.monotonic() - t0 < 20.0

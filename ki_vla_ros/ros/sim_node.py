@@ -11,6 +11,12 @@ Time: the node is the clock. It steps the physics at 50 Hz of sim time, never fa
 every step; every stamp it writes is that clock. Run the other nodes with ``use_sim_time``.
 The clock never goes backwards: a reset continues it (``episode_time`` restarts at 0).
 
+Between a reset (or start-up) and the first joint command the robot holds still: the physics is
+not stepped (no sag, the cameras show exactly the reset scene), while the clock, joint states and
+cameras keep publishing so a policy sees fresh data. The episode (``episode_time``) starts with
+the first accepted command, as a recorded demonstration starts with its first action. A policy
+that never commands ends the episode after ``max_sim_time_s`` of waiting.
+
 Parameters:
   embodiment (str)         topics and image size [aloha_bimanual] (read-only)
   task (str)               task name (ki_vla_ros.sim.tasks) used at the next ~/reset [pick_red_left]
@@ -19,13 +25,14 @@ Parameters:
   camera_every (int)       publish the cameras every k-th control step [1]
   render_quality (str)     fast | full [fast] (read-only)
   max_sim_time_s (float)   episode length in sim seconds; the sim pauses there, 0 = no limit [0]
+  hold_until_command (bool) hold still after a reset until the first command [true]
   real_time_factor (float) upper bound on sim speed, 0 = as fast as it goes [1.0]
   status_period_s (float)  sim seconds between ~/episode_status messages [0.2]
 
 Interfaces: /clock (rosgraph_msgs/Clock); the embodiment's camera and JointState topics;
 ``~/joint_commands`` (sensor_msgs/JointState: the controllers' commanded positions, all joints);
 ``~/episode_status`` (std_msgs/String, JSON: episode, task, instruction, seed, episode_time,
-sim_time, success, instruction_followed, done, real_time_factor, step_ms, trajectories,
+sim_time, waiting_for_command, success, instruction_followed, done, real_time_factor, step_ms, trajectories,
 trajectory_errors, last_error; reliable + transient local); ``~/reset`` (std_srvs/Trigger:
 a new episode with the current task / seed parameters). Trajectories with unknown joints or bad
 sizes are refused with a warning (counted in the status), never a crash.
@@ -107,6 +114,7 @@ class SimNode(Node):
         self.declare_parameter("max_sim_time_s", 0.0)
         self.declare_parameter("real_time_factor", 1.0)
         self.declare_parameter("status_period_s", 0.2)
+        self.declare_parameter("hold_until_command", True)
         self._check(self._validate([self.get_parameter(n) for n in ("task", "camera_every", "max_sim_time_s",
                                                                       "real_time_factor", "status_period_s")]))
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -137,7 +145,10 @@ class SimNode(Node):
         self.sim = None
         self.command = None
         self._lock = threading.Lock()
-        self._offset = 0.0  # clock time at the start of the current episode
+        self._offset = 0.0  # clock time at the reset of the current episode
+        self._held = 0.0  # clock time spent holding still since that reset
+        self._waiting = bool(self._p("hold_until_command"))
+        self._frames: dict[str, np.ndarray] = {}  # the last images rendered
         self._episode = 0
         self._steps = 0
         self._done = False
@@ -210,8 +221,14 @@ class SimNode(Node):
 
     # ------------------------------------------------------------------------------ commands
     def now(self) -> float:
-        """The clock time (s) the node publishes: episode offset + sim time."""
-        return self._offset + self.sim.sim_time
+        """The clock time (s) the node publishes: episode offset + time held still + sim time."""
+        return self._offset + self._held + self.sim.sim_time
+
+    def _commanded(self) -> None:
+        """A command was accepted (lock held): a waiting episode starts."""
+        if self._waiting:
+            self._waiting = False
+            self.get_logger().info(f"episode {self._episode}: first command, the episode starts")
 
     def _refuse(self, topic: str, exc: Exception) -> None:
         self._stats["trajectory_errors"] += 1
@@ -226,6 +243,7 @@ class SimNode(Node):
                 try:
                     self.command.set_trajectory(topic, trajectory_from_msg(msg), self.now())
                     self._stats["trajectories"] += 1
+                    self._commanded()
                 except TrajectoryError as exc:
                     self._refuse(topic, exc)
 
@@ -239,6 +257,7 @@ class SimNode(Node):
                         raise TrajectoryError(f"{len(msg.data)} values for {len(joints)} joints")
                     traj = Trajectory(joints, np.zeros(1), np.asarray(msg.data, np.float64)[None])
                     self.command.set_trajectory(topic, traj, self.now())
+                    self._commanded()
                 except TrajectoryError as exc:
                     self._refuse(topic, exc)
 
@@ -272,6 +291,8 @@ class SimNode(Node):
             with self._lock:
                 task = self._tasks.get_task(self._p("task"))
                 self._offset = self.now() + self.dt
+                self._held = 0.0
+                self._waiting = bool(self._p("hold_until_command"))
                 self.sim.task = task
                 self.sim.reset(int(self._p("seed")))
                 self.command.reset(self.sim.last_action)
@@ -301,9 +322,11 @@ class SimNode(Node):
         self._cmd_pub.publish(cmd)
         if images:
             for name, pub in self._cam_pubs:
-                pub.publish(rgb_to_image(self.sim.render(name), stamp, frame_id=name))
-        if self.sim.sim_time + 1e-9 >= self._next_status or self._done:
-            self._next_status = self.sim.sim_time + float(self._p("status_period_s"))
+                if not (self._waiting and name in self._frames):  # holding still: same scene
+                    self._frames[name] = self.sim.render(name)
+                pub.publish(rgb_to_image(self._frames[name], stamp, frame_id=name))
+        if t + 1e-9 >= self._next_status or self._done:
+            self._next_status = t + float(self._p("status_period_s"))
             self._status_pub.publish(String(data=json.dumps(self.status())))
 
     def status(self) -> dict:
@@ -318,6 +341,7 @@ class SimNode(Node):
             "seed": self.sim.seed,
             "episode_time": round(self.sim.sim_time, 4),
             "sim_time": round(self.now(), 4),
+            "waiting_for_command": self._waiting,
             "steps": self._steps,
             "success": self.sim.success(),
             "instruction_followed": self.sim.instruction_followed(),
@@ -357,7 +381,7 @@ class SimNode(Node):
             rtf = float(self._p("real_time_factor"))
             limit = float(self._p("max_sim_time_s"))
             with self._lock:
-                if self._done or (limit > 0 and self.sim.sim_time >= limit - 1e-9):
+                if self._done or (limit > 0 and max(self.sim.sim_time, self._held) >= limit - 1e-9):
                     if not self._done:
                         self._done = True
                         self._publish_status_now()
@@ -365,8 +389,11 @@ class SimNode(Node):
                 else:
                     paused = False
                     w0 = time.perf_counter()
-                    target = self.command.command(self.now() + self.dt)
-                    self.sim.step(target, render=False)
+                    if self._waiting:
+                        self._held += self.dt  # the clock runs, the physics holds still
+                    else:
+                        target = self.command.command(self.now() + self.dt)
+                        self.sim.step(target, render=False)
                     self._steps += 1
                     every = int(self._p("camera_every"))
                     self._publish_state(images=self._steps % every == 0)
