@@ -6,11 +6,26 @@ several correct behaviours; only the instruction says which cube and which arm(s
 World frame: x points from the left arm (x = -0.469) to the right arm (x = +0.469), y away
 from the robot's front (the arms sit at y = 0.5), z up; the table top is at z = 0.
 "Left" / "right" always mean the robot's left / right arm side (negative / positive x).
+
+Phrasings: every task has its canonical instruction (``Task.instruction``) and a family of
+paraphrases (:func:`phrasings`: the templates below x synonyms pick up / grab / lift / take,
+arm / hand / gripper, cube / block, clause order, politeness). The family is split once, by a
+hash of the text, into training phrasings and a held-out set that training never sees
+(:func:`heldout_phrasings`, about 1 in ``HELDOUT_EVERY``; the canonical instruction is always a
+training phrasing). `config/eval/heldout_phrasings.json` is that held-out set for
+``ki-vla eval --instructions`` (rewrite it with ``python -m ki_vla_ros.sim.tasks heldout``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
+import sys
+import zlib
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 import numpy as np
 
@@ -164,3 +179,107 @@ def get_task(task) -> Task:
     if task in INSTRUCTIONS:
         return INSTRUCTIONS[task]
     raise KeyError(f"unknown task {task!r}; known: {', '.join(TASK_NAMES)}")
+
+
+# ------------------------------------------------------------------------------------ phrasings
+
+PICK_WORDS = ("pick up", "grab", "lift", "take")
+HAND_WORDS = ("hand", "pass", "transfer")  # "<hand> the cube from A to B"
+GIVE_WORDS = ("hand", "pass", "give")  # "... and <give> it to B"
+CUBE_WORDS = ("cube", "block")
+ARM_WORDS = ("arm", "hand", "gripper")
+#: {cube} = "the red cube", {arm} = "the left arm", {other} = "the right arm" (same arm word)
+PICK_TEMPLATES = (
+    "{pick} {cube} with {arm}",
+    "{pick} {cube} using {arm}",
+    "with {arm}, {pick} {cube}",
+    "use {arm} to {pick} {cube}",
+    "please {pick} {cube} with {arm}",
+    "{pick} {cube} with {arm}, please",
+    "with {arm}, please {pick} {cube}",
+    "please use {arm} to {pick} {cube}",
+    "could you {pick} {cube} with {arm}?",
+    "could you use {arm} to {pick} {cube}?",
+)
+HANDOVER_TEMPLATES = (
+    "{hand} {cube} from {arm} to {other}",
+    "{pick} {cube} with {arm} and {give} it to {other}",
+    "with {arm}, {pick} {cube} and {give} it to {other}",
+    "use {arm} to {pick} {cube}, then {give} it to {other}",
+    "please {hand} {cube} from {arm} to {other}",
+    "{hand} {cube} from {arm} to {other}, please",
+    "could you {hand} {cube} from {arm} to {other}?",
+    "please {pick} {cube} with {arm} and {give} it to {other}",
+    "could you {pick} {cube} with {arm} and {give} it to {other}?",
+)
+HELDOUT_EVERY = 8
+CANONICAL_SHARE = 0.25  # generated episodes that keep the canonical instruction
+
+
+def _hash(text: str) -> int:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+
+
+@cache
+def phrasings(task_name: str) -> tuple[str, ...]:
+    """Every phrasing of a task, the canonical instruction first, the rest in template order."""
+    t = TASKS[task_name]
+    out = dict.fromkeys([t.instruction])
+    for tpl in PICK_TEMPLATES if t.kind == "pick" else HANDOVER_TEMPLATES:
+        for pick, hand, give, cw, aw in itertools.product(PICK_WORDS, HAND_WORDS, GIVE_WORDS, CUBE_WORDS, ARM_WORDS):
+            out[tpl.format(pick=pick, hand=hand, give=give, cube=f"the {t.cube} {cw}", arm=f"the {t.arm} {aw}",
+                           other=f"the {t.other_arm} {aw}")] = None
+    return tuple(out)
+
+
+def is_heldout(task_name: str, text: str) -> bool:
+    return text != TASKS[task_name].instruction and _hash(text) % HELDOUT_EVERY == 0
+
+
+def training_phrasings(task_name: str) -> tuple[str, ...]:
+    return tuple(p for p in phrasings(task_name) if not is_heldout(task_name, p))
+
+
+def heldout_phrasings(task_name: str) -> tuple[str, ...]:
+    """The held-out phrasings, ordered by their hash (a fixed shuffle: any prefix mixes templates)."""
+    return tuple(sorted((p for p in phrasings(task_name) if is_heldout(task_name, p)), key=_hash))
+
+
+def episode_instruction(task_name: str, seed: int, canonical_share: float = CANONICAL_SHARE) -> str:
+    """The instruction of a generated episode: the canonical one with probability
+    ``canonical_share``, else a uniformly drawn training phrasing; a function of (task, seed)."""
+    rng = np.random.default_rng([int(seed), zlib.crc32(task_name.encode())])
+    if rng.random() < canonical_share:
+        return TASKS[task_name].instruction
+    train = training_phrasings(task_name)
+    return train[int(rng.integers(len(train)))]
+
+
+def read_instruction_file(path) -> dict[str, list[str]]:
+    """``{task name: [instruction, ...]}`` from a JSON file (e.g. config/eval/heldout_phrasings.json);
+    ValueError naming the file and what is wrong."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror})") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{path}: expected a non-empty JSON object {{task name: [instruction, ...]}}, "
+                         f"got {type(data).__name__ if data else 'an empty one'}")
+    for name, items in data.items():
+        if name not in TASKS:
+            raise ValueError(f"{path}: unknown task {name!r}; known: {', '.join(TASK_NAMES)}")
+        if not isinstance(items, list) or not items:
+            raise ValueError(f"{path}: {name}: expected a non-empty list of instructions")
+        bad = [i for i in items if not isinstance(i, str) or not i.strip()]
+        if bad:
+            raise ValueError(f"{path}: {name}: instructions must be non-empty strings, got {bad[0]!r}")
+    return data
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["heldout"]:
+        sys.exit("usage: python -m ki_vla_ros.sim.tasks heldout > config/eval/heldout_phrasings.json")
+    print(json.dumps({n: list(heldout_phrasings(n)) for n in TASK_NAMES}, indent=1))
