@@ -20,6 +20,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval-bag": ("ki_vla_ros.ros.cli_commands:eval_bag_main", "run a policy offline over a bag, report error"),
     "train": ("ki_vla_ros.train.cli:train_main", "train a model (recipes ki, joint, pi0, ...) from bags / LeRobot"),
     "export": ("ki_vla_ros.export.cli:export_main", "write a model folder's ONNX files (and TensorRT engines)"),
+    "import": ("ki_vla_ros.train.import_checkpoint:import_main", "a π0.5 checkpoint (LeRobot / openpi) to a "
+               "model folder"),
     "init-model": ("ki_vla_ros.runtime.init_model:init_model_main", "make a random-weight model folder "
                    "for an embodiment (commissioning, tests)"),
 }

@@ -3,7 +3,8 @@
     <model_dir>/
       model.yaml              manifest: format version, ModelConfig, layout, recipe, flow steps
       weights.safetensors     all parameters (never pickles)
-      text_tokenizer.json     the text tokenizer (`tokenizers` JSON)
+      text_tokenizer.json     the text tokenizer (`tokenizers` JSON), or text_tokenizer.model
+                              (a published SentencePiece model, e.g. an imported π0.5's Gemma one)
       action_tokenizer.json   the FAST (or naive) action tokenizer
       norm_stats.json         1st/99th percentiles of state and actions, in robot units
       onnx/                   after `ki-vla export`: prefix / flow-loop / expert-step ONNX files,
@@ -31,12 +32,19 @@ from ki_vla_ros.configio import ConfigError, dump_config, load_config
 from ki_vla_ros.model import KIVLA, ModelConfig
 from ki_vla_ros.normalize import NormStats
 from ki_vla_ros.tokenize.naive import load_action_tokenizer
+from ki_vla_ros.tokenize.prompt import PromptBuilder
 from ki_vla_ros.tokenize.text import TextTokenizer
 
 FORMAT = "ki_vla_ros.model"
 FORMAT_VERSION = 1
 MANIFEST, WEIGHTS, TEXT_TOKENIZER, ACTION_TOKENIZER, NORM_STATS = (
     "model.yaml", "weights.safetensors", "text_tokenizer.json", "action_tokenizer.json", "norm_stats.json")
+TEXT_TOKENIZER_SP = "text_tokenizer.model"
+
+
+def text_tokenizer_path(path: Path) -> Path:
+    """The folder's text tokenizer file: text_tokenizer.json, else text_tokenizer.model."""
+    return path / TEXT_TOKENIZER if not (path / TEXT_TOKENIZER_SP).is_file() else path / TEXT_TOKENIZER_SP
 
 
 class ModelDirError(ValueError):
@@ -136,7 +144,7 @@ def save_model_dir(path: str | Path, model: KIVLA, layout: Layout, text_tokenize
     dump_config(manifest, tmp / MANIFEST)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
-    text_tokenizer.save(tmp / TEXT_TOKENIZER)
+    text_tokenizer.save(tmp / f"text_tokenizer{text_tokenizer.file_suffix}")
     action_tokenizer.save(tmp / ACTION_TOKENIZER)
     norm_stats.save(tmp / NORM_STATS)
     for name, text in (extra_files or {}).items():
@@ -169,9 +177,10 @@ def load_manifest(path: str | Path) -> Manifest:
 def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
     path = Path(path)
     manifest = load_manifest(path)
-    for name in (WEIGHTS, TEXT_TOKENIZER, ACTION_TOKENIZER, NORM_STATS):
-        if not (path / name).is_file():
-            raise ModelDirError(f"{path / name}: missing from the model folder")
+    text_file = text_tokenizer_path(path)
+    for file in (path / WEIGHTS, text_file, path / ACTION_TOKENIZER, path / NORM_STATS):
+        if not file.is_file():
+            raise ModelDirError(f"{file}: missing from the model folder")
 
     with torch.device("meta"):
         model = KIVLA(manifest.model)
@@ -196,10 +205,10 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Mode
     model = model.to(device).eval()
 
     try:
-        text_tokenizer = TextTokenizer.load(path / TEXT_TOKENIZER)
+        text_tokenizer = TextTokenizer.load(text_file)
         action_tokenizer = load_action_tokenizer(path / ACTION_TOKENIZER)
         norm_stats = NormStats.load(path / NORM_STATS)
-    except (ValueError, OSError, KeyError) as exc:
+    except (ValueError, OSError, KeyError, ImportError, RuntimeError) as exc:
         raise ModelDirError(f"{path}: {exc}") from None
     layout = manifest.layout
     if norm_stats.state.dim != len(layout.state_names):
@@ -208,8 +217,9 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Mode
     if norm_stats.actions.dim != len(layout.action_names):
         raise ModelDirError(f"{path / NORM_STATS}: action statistics have {norm_stats.actions.dim} dims, "
                             f"layout.action_names {len(layout.action_names)}")
-    if text_tokenizer.vocab_size > manifest.model.text_vocab_limit:
-        raise ModelDirError(f"{path / TEXT_TOKENIZER}: {text_tokenizer.vocab_size} ids exceed the model's text "
-                            f"range ({manifest.model.text_vocab_limit})")
+    try:
+        PromptBuilder(text_tokenizer, manifest.model)  # its prompts' ids fit the model's text range
+    except ValueError as exc:
+        raise ModelDirError(f"{text_file}: {exc}") from None
     return ModelBundle(path, manifest, model, text_tokenizer, action_tokenizer, norm_stats,
                        file_sha256(path / WEIGHTS))

@@ -49,14 +49,29 @@ def discretize_state(state: np.ndarray, bins: int = 256) -> np.ndarray:
     return np.digitize(np.asarray(state, dtype=np.float32), edges) - 1
 
 
+PROBE = "Task: pick up the red cube, State: -1 0 128 255;\nAction: "
+
+
 class PromptBuilder:
     def __init__(self, text_tokenizer: TextTokenizer, config: ModelConfig):
-        if text_tokenizer.vocab_size > config.text_vocab_limit:
-            raise ValueError(
-                f"text tokenizer has {text_tokenizer.vocab_size} ids but the model reserves ids from "
-                f"{config.text_vocab_limit} for state bins and action tokens (vocab_size {config.vocab_size})"
-            )
         self.tok, self.cfg = text_tokenizer, config
+        self._encode(PROBE)
+        self._check([text_tokenizer.bos_id, text_tokenizer.eos_id], "<bos>/<eos>")
+
+    def _check(self, ids: list[int], text: str) -> list[int]:
+        """Text ids must lie below the ranges reserved for state bins and action tokens. The check
+        is on the ids a prompt produces, not on the tokenizer's size: a published tokenizer (Gemma's
+        257152 pieces for π0.5) spans the whole vocabulary, but prompts use only its text ids."""
+        bad = [i for i in ids if not 0 <= i < self.cfg.text_vocab_limit]
+        if bad:
+            raise ValueError(
+                f"the text tokenizer gives id {bad[0]} for {text!r}, but the model reserves ids from "
+                f"{self.cfg.text_vocab_limit} for state bins and action tokens (vocab_size {self.cfg.vocab_size})"
+            )
+        return ids
+
+    def _encode(self, text: str) -> list[int]:
+        return self._check(self.tok.encode(text), text)
 
     # ---- pieces ---------------------------------------------------------------------------------
     def prefix(self, instruction: str, state: np.ndarray | None = None) -> list[int]:
@@ -64,20 +79,20 @@ class PromptBuilder:
         state (VLM data) <bos> Task: …;\\n."""
         c = self.cfg
         instruction = instruction.strip().replace("_", " ").replace("\n", " ")
-        head = [self.tok.bos_id, *self.tok.encode(f"Task: {instruction}")]
+        head = [self.tok.bos_id, *self._encode(f"Task: {instruction}")]
         if state is None:
-            tail = self.tok.encode(";\n")
+            tail = self._encode(";\n")
         elif c.state_mode == "continuous":
-            tail = self.tok.encode(";\nAction: ")
+            tail = self._encode(";\nAction: ")
         elif c.state_mode == "text":
             bins = discretize_state(state, c.state_bins)
-            tail = self.tok.encode(", State: " + " ".join(str(int(b)) for b in bins) + ";\nAction: ")
+            tail = self._encode(", State: " + " ".join(str(int(b)) for b in bins) + ";\nAction: ")
         else:  # tokens: the bin's reserved id (clipped so that -1 stays in the range)
             bins = discretize_state(state, c.state_bins).clip(0, c.state_bins - 1)
             tail = [
-                *self.tok.encode(", State: "),
+                *self._encode(", State: "),
                 *(c.state_token_base + bins).tolist(),
-                *self.tok.encode(";\nAction: "),
+                *self._encode(";\nAction: "),
             ]
         room = c.max_prefix_tokens - len(tail)
         if room < 2:
@@ -114,7 +129,7 @@ class PromptBuilder:
         kinds = [PREFIX] * len(tokens)
         loss = [False] * len(tokens)
         if answer is not None:
-            ans = [*self.tok.encode(answer), self.tok.eos_id]
+            ans = [*self._encode(answer), self.tok.eos_id]
             tokens += ans
             kinds += [TEXT] * len(ans)
             loss += [True] * len(ans)

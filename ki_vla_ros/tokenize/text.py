@@ -64,10 +64,20 @@ class TextTokenizer:
             raise FileNotFoundError(f"{path}: no tokenizer file")
         return cls._from_hf(Tokenizer.from_file(str(path)))
 
+    @property
+    def file_suffix(self) -> str:
+        """How this tokenizer is stored: ".json" (tokenizers library) or ".model" (SentencePiece)."""
+        return ".json" if isinstance(self._backend, Tokenizer) else ".model"
+
     def save(self, path: str | Path) -> None:
-        if not isinstance(self._backend, Tokenizer):
-            raise TypeError("only tokenizers-library tokenizers can be saved")
-        self._backend.save(str(path))
+        """Write the tokenizer to `path`, whose suffix must be `file_suffix`."""
+        path = Path(path)
+        if path.suffix != self.file_suffix:
+            raise ValueError(f"{path}: this tokenizer is saved as a {self.file_suffix} file")
+        if isinstance(self._backend, Tokenizer):
+            self._backend.save(str(path))
+        else:
+            path.write_bytes(self._backend.sp.serialized_model_proto())
 
     def encode(self, text: str) -> list[int]:
         """Text -> ids, without BOS/EOS."""

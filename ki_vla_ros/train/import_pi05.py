@@ -40,6 +40,7 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 PG = "paligemma_with_expert.paligemma."
@@ -171,13 +172,30 @@ def convert_pi05_state_dict(source: dict[str, torch.Tensor], model: torch.nn.Mod
     return {k: v.to(torch.float32).contiguous() for k, v in out.items()}
 
 
-def load_pi05_into(model: torch.nn.Module, path: str | Path) -> None:
-    """Load a π0.5 safetensors file (or a folder holding model.safetensors / *.safetensors shards)."""
+def weight_files(path: str | Path) -> list[Path]:
+    """A safetensors file, or a checkpoint folder's weight files: model*.safetensors (one file or
+    shards), else every .safetensors except LeRobot's processor statistics (policy_*processor*)."""
     path = Path(path)
-    files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+    if path.is_file():
+        return [path]
+    files = sorted(path.glob("model*.safetensors")) or sorted(
+        f for f in path.glob("*.safetensors") if not f.name.startswith(("policy_preprocessor", "policy_postprocessor")))
     if not files:
-        raise FileNotFoundError(f"{path}: no .safetensors file")
+        raise FileNotFoundError(f"{path}: no model .safetensors file")
+    return files
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of `weight_files(path)` (source names); an unreadable file is a Pi05ImportError."""
     source: dict[str, torch.Tensor] = {}
-    for f in files:
-        source.update(load_file(str(f)))
-    model.load_state_dict(convert_pi05_state_dict(source, model))
+    for f in weight_files(path):
+        try:
+            source.update(load_file(str(f)))
+        except (SafetensorError, OSError) as exc:
+            raise Pi05ImportError(f"{f}: cannot read safetensors ({exc})") from None
+    return source
+
+
+def load_pi05_into(model: torch.nn.Module, path: str | Path) -> None:
+    """Load a π0.5 safetensors file or checkpoint folder (`weight_files`) into `model`."""
+    model.load_state_dict(convert_pi05_state_dict(read_weights(path), model))
