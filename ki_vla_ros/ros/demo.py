@@ -121,8 +121,9 @@ class SimRig:
 
     def __init__(self, model_dir: Path, backend: str = "torch", log_dir: Path = Path("outputs/demo/logs"),
                  image_size: int = 0, camera_every: int = 1, render_quality: str = "fast",
-                 real_time_factor: float = 1.0, num_steps: int = 10, record_video: bool = False):
-        self.model_dir, self.backend = Path(model_dir), backend
+                 real_time_factor: float = 1.0, num_steps: int = 10, record_video: bool = False,
+                 policy_class: str = ""):
+        self.model_dir, self.backend, self.policy_class = Path(model_dir), backend, policy_class
         self.log_dir = Path(log_dir)
         self.sim_params = {"image_size": image_size, "camera_every": camera_every,
                            "render_quality": render_quality, "real_time_factor": float(real_time_factor)}
@@ -145,6 +146,8 @@ class SimRig:
         self.children.append(Child("sim_node", sim_args, env, self.log_dir / "sim_node.log"))
         pol_args = [py, "-m", "ki_vla_ros.cli", "run", "--model", str(self.model_dir), "--backend", self.backend,
                     "--use-sim-time", "-p", f"num_steps:={self.num_steps}"]
+        if self.policy_class:
+            pol_args += ["--policy-class", self.policy_class]
         self.children.append(Child("policy_node", pol_args, env, self.log_dir / "policy_node.log"))
         self._start_operator()
         self._wait_ready(timeout)

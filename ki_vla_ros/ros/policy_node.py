@@ -428,9 +428,10 @@ class PolicyNode(Node):
         if not np.all(np.isfinite(state)):  # joint_positions already refuses these; belt and braces
             self._enter_hold("joint state not finite")
             return
-        obs = Observation(images=images, state=self.mapper.state_for_policy(state), instruction=instruction)
-        seed = int(self._p("seed"))
         t_obs, wall0 = self._now(), time.perf_counter()
+        obs = Observation(images=images, state=self.mapper.state_for_policy(state), instruction=instruction,
+                          stamp=t_obs)
+        seed = int(self._p("seed"))
         out = self.policy.infer(obs, seed=None if seed < 0 else seed)
         infer_ms = (time.perf_counter() - wall0) * 1000.0
         t_done = self._now()

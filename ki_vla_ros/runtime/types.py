@@ -16,11 +16,14 @@ class Observation:
     state: float array [state_dim] in robot units (joint positions etc.), in the order of the
         model folder's state layout.
     instruction: the language command.
+    stamp: when the observation was taken (s, the caller's clock: the node's clock, sim time
+        under use_sim_time), or None. The model ignores it; time-aware policies may use it.
     """
 
     images: dict[str, np.ndarray]
     state: np.ndarray
     instruction: str
+    stamp: float | None = None
 
 
 @dataclass
