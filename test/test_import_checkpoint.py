@@ -102,9 +102,10 @@ def test_imported_policy_prompts_and_denormalises_with_the_checkpoint_stats(lero
     img = np.full((24, 40, 3), 100, np.uint8)
     obs = Observation(images={"base_0_rgb": img}, state=np.array([1.0, 2.0, 0.5]), instruction="pick up the red cube")
     images, image_mask, tokens, token_mask, _ = policy.model_inputs(obs)
-    # state 1.0 in [0, 2] -> 0 -> bin 128; 2.0 in [-1, 1] -> 2 -> bin 255; 0.5 == q01 == q99 -> -1 -> bin 0
+    # state 1.0 in [0, 2] -> 0 -> bin 128; 2.0 in [-1, 1] -> 2 -> bin 255; 0.5 == q01 == q99 -> -1 -> bin 0;
+    # then zeros up to max_state_dim 8, as LeRobot pads: bin 128
     text = policy.prompt.tok.decode(tokens[0][token_mask[0]][1:])
-    assert text == "Task: pick up the red cube, State: 128 255 0;\nAction: "
+    assert text == "Task: pick up the red cube, State: 128 255 0 128 128 128 128 128;\nAction: "
     assert image_mask[0].tolist() == [True, False]
     noise = np.random.default_rng(0).standard_normal((1, CFG.action_horizon, CFG.action_dim)).astype(np.float32)
     raw = policy.backend.flow(policy.backend.prefix(images, image_mask, tokens, token_mask, _), noise)[0][:, :4]

@@ -17,7 +17,7 @@ def text_tok():
 
 
 def cfg(mode="text"):
-    return ModelConfig.preset("tiny", state_mode=mode)
+    return ModelConfig.preset("tiny", state_mode=mode, max_prefix_tokens=64)
 
 
 def test_text_tokenizer_round_trip_and_save(text_tok, tmp_path):
@@ -65,7 +65,9 @@ def test_layout_kinds_and_loss_mask(text_tok):
     n_prefix = int((kind == PREFIX).sum())
     assert (kind[:n_prefix] == PREFIX).all()
     # LeRobot's π0.5 prompt, "Action: " once, at the end of the prefix
-    assert text_tok.decode(tokens[1:n_prefix]) == "Task: pick up the red cube, State: 128 192;\nAction: "
+    # (the 2-D state zero-padded to state_dim 8 as LeRobot pads to max_state_dim: bin 128)
+    pad = " 128" * 6
+    assert text_tok.decode(tokens[1:n_prefix]) == f"Task: pick up the red cube, State: 128 192{pad};\nAction: "
     fast = tokens[kind == FAST]
     assert fast.tolist() == [c.vocab_size - 256, c.vocab_size - 251, c.vocab_size - 1, text_tok.eos_id]
     assert pb.action_tokens_from_ids(fast[:-1]) == [0, 5, 255]  # reserved range at the END
@@ -91,10 +93,11 @@ def test_state_modes(text_tok):
     c = cfg("tokens")
     tok_mode = PromptBuilder(text_tok, c).prefix("go", state)
     # bin -1 (below the range) becomes the first reserved id, never one below the range
-    assert [t - c.state_token_base for t in tok_mode if c.state_token_base <= t < c.fast_token_base] == [0, 128, 254, 0]
+    assert [t - c.state_token_base for t in tok_mode if c.state_token_base <= t < c.fast_token_base] == [0, 128, 254, 0,
+                                                                                                     *[128] * 4]
     assert text_tok.decode([t for t in tok_mode if t < c.state_token_base][1:]) == "Task: go, State: ;\nAction: "
     text_mode = PromptBuilder(text_tok, cfg()).prefix("go", state)
-    assert text_tok.decode(text_mode[1:]) == "Task: go, State: 0 128 254 -1;\nAction: "
+    assert text_tok.decode(text_mode[1:]) == "Task: go, State: 0 128 254 -1 128 128 128 128;\nAction: "
     cont = PromptBuilder(text_tok, cfg("continuous")).prefix("go", state)
     assert text_tok.decode(cont[1:]) == "Task: go;\nAction: "
     assert text_tok.decode(PromptBuilder(text_tok, cfg()).prefix("go", None)[1:]) == "Task: go;\n"
@@ -103,7 +106,8 @@ def test_state_modes(text_tok):
 def test_limits(text_tok):
     pb = PromptBuilder(text_tok, cfg())
     long = pb.prefix("pick " * 100, np.zeros(2))
-    assert len(long) == cfg().max_prefix_tokens and text_tok.decode(long).endswith(", State: 128 128;\nAction: ")
+    assert len(long) == cfg().max_prefix_tokens
+    assert text_tok.decode(long).endswith(f", State: {' '.join(['128'] * 8)};\nAction: ")
     with pytest.raises(ValueError, match="max_target_tokens"):
         pb.build("go", np.zeros(2), action_tokens=list(range(100)))
     with pytest.raises(ValueError, match="num_fast_tokens"):

@@ -15,9 +15,11 @@ State (normalised to [-1, 1]) per `config.state_mode`:
 * ``text``       — 256 bins written as numbers: "State: 12 200 …;" (π0.5, §C "text state");
 * ``tokens``     — one reserved id per dimension: state_token_base + bin (§C "special token state");
 * ``continuous`` — not in the text ("Task: {instruction};\\nAction: "); the model projects `state`.
-Bins follow LeRobot's π0.5 rule exactly (`discretize_state`): a value below -1 is bin -1 (written
-"-1" in text mode), a value at or above 1 - 2/256 is bin 255; in ``tokens`` mode the bin is clipped
-to [0, 255] so the id stays in the reserved range.
+As in LeRobot's π0.5, the state is first zero-padded to the model's padded width `state_dim`
+(LeRobot's `max_state_dim`, 32 for π0.5 checkpoints), so padding dims appear as bin 128. Bins
+follow LeRobot's rule exactly (`discretize_state`): a value below -1 is bin -1 (written "-1" in
+text mode), a value at or above 1 - 2/256 is bin 255; in ``tokens`` mode the bin is clipped to
+[0, 255] so the id stays in the reserved range.
 `state=None` (VLM data) omits the state. Action token k (FAST or naive, 0 ≤ k < num_fast_tokens)
 becomes model id `config.fast_token_base + k` (the reserved range at the end of the vocabulary).
 
@@ -85,10 +87,10 @@ class PromptBuilder:
         elif c.state_mode == "continuous":
             tail = self._encode(";\nAction: ")
         elif c.state_mode == "text":
-            bins = discretize_state(state, c.state_bins)
+            bins = discretize_state(self._pad(state), c.state_bins)
             tail = self._encode(", State: " + " ".join(str(int(b)) for b in bins) + ";\nAction: ")
         else:  # tokens: the bin's reserved id (clipped so that -1 stays in the range)
-            bins = discretize_state(state, c.state_bins).clip(0, c.state_bins - 1)
+            bins = discretize_state(self._pad(state), c.state_bins).clip(0, c.state_bins - 1)
             tail = [
                 *self._encode(", State: "),
                 *(c.state_token_base + bins).tolist(),
@@ -100,6 +102,11 @@ class PromptBuilder:
                 f"state takes {len(tail)} tokens; max_prefix_tokens = {c.max_prefix_tokens} is too small"
             )
         return head[:room] + tail
+
+    def _pad(self, state: np.ndarray) -> np.ndarray:
+        """State [s] -> [max(s, state_dim)], zeros appended (LeRobot's `pad_vector(state, max_state_dim)`)."""
+        s = np.asarray(state, np.float64).ravel()
+        return np.concatenate([s, np.zeros(max(0, self.cfg.state_dim - len(s)))])
 
     def action_ids(self, action_tokens: Sequence[int]) -> list[int]:
         """Action-tokenizer ids -> model ids in the reserved range."""

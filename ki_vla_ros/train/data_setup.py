@@ -81,20 +81,25 @@ class TrainData:
 
 
 def _derived_config(cfg: TrainConfig, state_dims: list[int], action_dims: list[int]) -> ModelConfig:
-    """Preset + overrides; widths padded to cover every robot dataset (multiple of 8) and a text
-    prefix long enough for the state, unless the overrides set them."""
+    """Preset + overrides; widths padded to cover every robot dataset (multiple of 8; a text/tokens
+    state exactly that, a continuous one at least the preset's) and a text prefix long enough for
+    the padded state, unless the overrides set them."""
     base = ModelConfig.preset(cfg.model.preset)
     o = dict(cfg.model.overrides)
 
     def pad8(n):
         return max(8, -(-n // 8) * 8)
 
-    o.setdefault("state_dim", max(base.state_dim, pad8(max(state_dims))))
-    o.setdefault("action_dim", max(base.action_dim, pad8(max(action_dims))))
     mode = o.get("state_mode", base.state_mode)
+    # the prompt writes the state padded to state_dim (LeRobot's rule), so a text/tokens state from
+    # scratch keeps state_dim tight; a continuous state's projection, and fine-tuning (model.init: a
+    # π0.5 checkpoint saw its state padded to 32 numbers), keep at least the preset's width
+    tight = mode != "continuous" and not cfg.model.init
+    o.setdefault("state_dim", pad8(max(state_dims)) if tight else max(base.state_dim, pad8(max(state_dims))))
+    o.setdefault("action_dim", max(base.action_dim, pad8(max(action_dims))))
     if mode != "continuous":  # BOS, "Task: …" (~24), ", State: " + numbers, ";\nAction: " (~8)
         o.setdefault("max_prefix_tokens", max(base.max_prefix_tokens, (2 if mode == "text" else 1)
-                                              * max(state_dims) + 40))
+                                              * o["state_dim"] + 40))
     return get_recipe(cfg.recipe).apply(ModelConfig.preset(cfg.model.preset, **o))
 
 
