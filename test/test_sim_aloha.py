@@ -78,3 +78,27 @@ def test_reset_is_seeded():
     assert np.allclose(s.cube_position("red"), a[0]) and np.allclose(s.cube_position("blue"), a[1])
     assert not np.allclose(a[0], b)
     s.close()
+
+
+def test_cam_high_frames_the_cube_layout_at_the_model_resolution():
+    """At the `small` preset's input size a cube spans about one patch and the cube layout region
+    (cube extents included) lies inside cam_high, filling most of its width."""
+    from ki_vla_ros.model.config import ModelConfig
+    from ki_vla_ros.sim.aloha import CUBE_HALF
+    from ki_vla_ros.sim.tasks import LAYOUT_X, LAYOUT_Y
+
+    cfg = ModelConfig.preset("small")
+    s = AlohaSim("pick_red_left", seed=3, image_size=cfg.image_size, cameras=())
+    corners = np.array([s.project("cam_high", (x, y, 0.0)) for x in (LAYOUT_X[0] - CUBE_HALF, LAYOUT_X[1] + CUBE_HALF)
+                        for y in (LAYOUT_Y[0] - CUBE_HALF, LAYOUT_Y[1] + CUBE_HALF)])
+    assert corners.min() > 0 and corners.max() < cfg.image_size
+    assert np.ptp(corners[:, 0]) > 0.7 * cfg.image_size and np.ptp(corners[:, 1]) > 0.5 * cfg.image_size
+    img = s.render("cam_high").astype(int)
+    masks = {"red": img[..., 0] - img[..., 1:].max(-1) > 80, "blue": img[..., 2] - img[..., :2].max(-1) > 80}
+    for colour, mask in masks.items():
+        ys, xs = np.nonzero(mask)
+        assert np.ptp(xs) + 1 >= 0.85 * cfg.patch_size and np.ptp(ys) + 1 >= 0.85 * cfg.patch_size, colour
+        # image right = +x, image up = +y: the projected top-face centre is where the pixels are
+        u, v = s.project("cam_high", s.cube_position(colour) + [0, 0, CUBE_HALF])
+        assert abs(xs.mean() + 0.5 - u) < 1.5 and abs(ys.mean() + 0.5 - v) < 1.5, colour
+    s.close()

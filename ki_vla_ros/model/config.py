@@ -6,17 +6,19 @@ Presets (`ModelConfig.preset(name)`):
 * ``small`` — the bundled default model, sized so one full inference (prefix of 3 camera views
   + instruction, then 10 Euler steps of the action expert over H = 50 actions) runs in real time
   on a 2-core CPU. Why these numbers: the cost splits into (a) the prefix, paid once per
-  inference — vision tower + backbone over ~3·49 image tokens + ~48 text tokens — and (b) the
-  expert, paid 10 times over 50 action tokens. With 112 px images and 16 px patches a view is
-  7×7 = 49 tokens (224 px / 14 px would be 256 per view: 5× more tokens and quadratic attention).
-  A 4-layer, 192-wide ViT costs ≈0.1 GFLOP per view. The backbone (width 256, depth 6,
-  GeGLU mlp 1024, 4 heads × 64 with one shared KV head as in Gemma) costs ≈2·1.9 MFLOP per token
-  per layer → ≈2.6 GFLOP for ~200 prefix tokens. The expert keeps π0.5's proportions to the
+  inference — vision tower + backbone over ~3·64 image tokens + ~60 text tokens — and (b) the
+  expert, paid 10 times over 50 action tokens. With 112 px images and 14 px patches a view is
+  8×8 = 64 tokens (224 px / 14 px would be 256 per view: 4× more tokens and quadratic attention).
+  14 px rather than 16 px patches (7×7 = 49 tokens) because the simulated ALOHA's cam_high shows
+  a 4 cm cube as ≈12-13 px at 112 px: about one patch (docs/sim.md, "Camera framing"), for
+  +31 % image tokens. A 4-layer, 192-wide ViT costs ≈0.13 GFLOP per view. The backbone (width
+  256, depth 6, GeGLU mlp 1024, 4 heads × 64 with one shared KV head as in Gemma) costs ≈2·1.9
+  MFLOP per token per layer → ≈3.2 GFLOP for ~250 prefix tokens. The expert keeps π0.5's proportions to the
   backbone — half the width, a quarter of the MLP (width 128, mlp 256), same heads so its queries
   read the backbone's keys — ≈0.36 MFLOP per token per layer plus attention over ~250 keys,
   ≈0.19 GFLOP per step, 1.9 GFLOP for 10 steps: the flow loop must stay cheaper than the prefix
-  in FLOPs, or caching the prefix would buy little. ≈5 GFLOP in all: ≈60 ms with ONNX Runtime
-  on one core of this machine (measured numbers: docs/model.md, docs/runtime.md).
+  in FLOPs, or caching the prefix would buy little. ≈5.5 GFLOP in all (measured numbers:
+  docs/model.md, docs/runtime.md, docs/sim.md).
 * ``pi05``  — the paper's dimensions (appendix B; the issue's 8 query heads / 1 KV head of
   Gemma 2B): SigLIP So400m/14 at 224 px, Gemma 2B backbone, Gemma-300M action expert, H = 50,
   actions and state padded to 32 dims. Build it on the ``meta`` device to inspect it.
@@ -153,7 +155,7 @@ PRESETS: dict[str, ModelConfig] = {
     ),
     "small": ModelConfig(
         image_size=112,
-        patch_size=16,
+        patch_size=14,
         vision_width=192,
         vision_depth=4,
         vision_mlp_dim=768,

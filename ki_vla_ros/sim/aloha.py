@@ -13,7 +13,9 @@ Conventions (same as the real ALOHA ROS 2 stack):
 * Joint-space position control at :data:`CONTROL_HZ` (50 Hz); each control step runs
   ``round(0.02 / timestep)`` physics substeps (timestep 2 ms -> 10 substeps).
 * Cameras are exposed under the real-robot names: ``top`` -> ``cam_high``, ``left_wrist`` ->
-  ``cam_left_wrist``, ``right_wrist`` -> ``cam_right_wrist``.
+  ``cam_left_wrist``, ``right_wrist`` -> ``cam_right_wrist``. ``cam_high`` is re-framed from
+  gym-aloha's wide top view (1.3 m across the table: a cube was 4 px at 112 px) to look straight
+  down on the cube layout region: :data:`CAM_HIGH_VIEW` m across the table top (see docs/sim.md).
 
 Rendering needs an OpenGL backend; offscreen use ``MUJOCO_GL=egl`` (set by default here when
 ``MUJOCO_GL`` is unset).
@@ -42,6 +44,12 @@ JOINT_NAMES: tuple[str, ...] = tuple(f"{s}_{j}" for s in ARM_SIDES for j in (*AR
 CAMERA_MAP = {"cam_high": "top", "cam_left_wrist": "left_wrist", "cam_right_wrist": "right_wrist"}
 DEFAULT_CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 
+#: ``cam_high`` framing: straight down from CAM_HIGH_POS (image right = +x, image up = +y), a
+#: square view CAM_HIGH_VIEW m wide at the table top (z = 0): a 4 cm cube is 12 px at 112 px,
+#: the cube layout region (x +-0.14, y 0.42..0.62 with the cube extents) 78 % x 56 % of the image
+CAM_HIGH_POS = (0.0, 0.52, 0.8)
+CAM_HIGH_VIEW = 0.36
+
 #: finger slide range (m) of the model; gripper 0 -> closed (lower), 1 -> open (upper)
 FINGER_CLOSED = 0.021
 FINGER_OPEN = 0.057
@@ -66,9 +74,21 @@ def asset_dir() -> Path:
     return Path(spec.origin).parent / "assets"
 
 
-def build_model() -> mujoco.MjModel:
-    """Compile the bimanual scene: gym-aloha transfer-cube scene, red + blue cubes, TCP sites."""
+def cam_high_fovy() -> float:
+    """Vertical field of view (degrees) that makes ``cam_high`` CAM_HIGH_VIEW m wide at the table."""
+    return float(np.degrees(2 * np.arctan(CAM_HIGH_VIEW / 2 / CAM_HIGH_POS[2])))
+
+
+def build_model(edit=None) -> mujoco.MjModel:
+    """Compile the bimanual scene: gym-aloha transfer-cube scene, red + blue cubes, TCP sites, the
+    re-framed ``cam_high``. ``edit(spec)``, if given, adds to the scene before it is compiled (the
+    VQA scenes of :mod:`ki_vla_ros.sim.vlm_data` add distractor objects; robot task scenes never do)."""
     spec = mujoco.MjSpec.from_file(str(asset_dir() / "bimanual_viperx_transfer_cube.xml"))
+    top = spec.camera(CAMERA_MAP["cam_high"])
+    top.mode = mujoco.mjtCamLight.mjCAMLIGHT_FIXED
+    top.pos = list(CAM_HIGH_POS)
+    top.quat = [1, 0, 0, 0]  # looking down -z, image right = +x, image up = +y
+    top.fovy = cam_high_fovy()
     for key in list(spec.keys):
         spec.delete(key)
     spec.delete(spec.body("box"))
@@ -95,6 +115,8 @@ def build_model() -> mujoco.MjModel:
         spec.body(f"vx300s_{side}/gripper_link").add_site(
             name=f"{side}_tcp", pos=list(TCP_OFFSET), size=[0.005, 0, 0], rgba=[0, 1, 0, 0]
         )
+    if edit is not None:
+        edit(spec)
     return spec.compile()
 
 
@@ -133,6 +155,7 @@ class AlohaSim:
     ``render_quality``: ``"fast"`` (default; no shadows, no multisampling: ~6 ms per 224 px image
     on CPU/llvmpipe) or ``"full"`` (gym-aloha's look: 4096 px shadow maps and 4x multisampling,
     ~50 ms per image). Keep it the same for data generation and evaluation.
+    ``scene_edit`` is passed to :func:`build_model` (VQA scenes only).
     """
 
     def __init__(
@@ -142,6 +165,7 @@ class AlohaSim:
         image_size: int = 224,
         cameras=DEFAULT_CAMERAS,
         render_quality: str = "fast",
+        scene_edit=None,
     ):
         from ki_vla_ros.sim import tasks as _tasks
 
@@ -149,7 +173,7 @@ class AlohaSim:
         if render_quality not in ("fast", "full"):
             raise ValueError(f"render_quality must be 'fast' or 'full', not {render_quality!r}")
         self.render_quality = render_quality
-        self.model = build_model()
+        self.model = build_model(scene_edit)
         if render_quality == "fast":
             self.model.vis.quality.offsamples = 0
         self.data = mujoco.MjData(self.model)
@@ -274,6 +298,14 @@ class AlohaSim:
         self._renderer.update_scene(self.data, camera=CAMERA_MAP.get(camera, camera))
         self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = self.render_quality == "full"
         return self._renderer.render().copy()
+
+    def project(self, camera: str, xyz) -> np.ndarray:
+        """Pixel (column, row) of world point ``xyz`` in ``camera``'s image at ``image_size``
+        (pinhole model of MuJoCo's camera: looks along its -z, x right, y up)."""
+        cam = self.data.cam(CAMERA_MAP.get(camera, camera))
+        p = cam.xmat.reshape(3, 3).T @ (np.asarray(xyz, float) - cam.xpos)
+        f = self.image_size / 2 / np.tan(np.radians(self.model.cam_fovy[cam.id]) / 2)
+        return np.array([self.image_size / 2 + f * p[0] / -p[2], self.image_size / 2 - f * p[1] / -p[2]])
 
     def close(self) -> None:
         if self._renderer is not None:
