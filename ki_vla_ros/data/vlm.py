@@ -6,7 +6,8 @@ One JSON object per line::
 
 ``image`` is a path relative to the JSONL file's folder (or absolute); ``images`` (a list) gives
 several views, which fill the model's camera slots in order. Captions, VQA and boxes-as-text are
-all just (prompt, answer) pairs. Other keys are ignored. A record without an image, prompt or
+all just (prompt, answer) pairs; an optional ``kind`` (question type) is kept for per-type
+evaluation (`train/vqa_eval.py`). Other keys are ignored. A record without an image, prompt or
 answer, or whose image cannot be read, raises ValueError naming the file and line.
 
 The held-out split is by image (records about the same image stay on one side), so the evaluation
@@ -31,6 +32,7 @@ class VLMRecord:
     images: list[Path]
     prompt: str
     answer: str
+    kind: str = ""
 
 
 def load_vlm_jsonl(path: str | Path) -> list[VLMRecord]:
@@ -51,7 +53,8 @@ def load_vlm_jsonl(path: str | Path) -> list[VLMRecord]:
             imgs = rec.get("images") or ([rec["image"]] if rec.get("image") else [])
             if not imgs or not rec.get("prompt") or "answer" not in rec:
                 raise ValueError(f"{where}: a record needs 'image' (or 'images'), 'prompt' and 'answer'")
-            out.append(VLMRecord([(file.parent / p) for p in imgs], str(rec["prompt"]), str(rec["answer"])))
+            out.append(VLMRecord([(file.parent / p) for p in imgs], str(rec["prompt"]), str(rec["answer"]),
+                                 str(rec.get("kind", ""))))
     return out
 
 
