@@ -11,10 +11,16 @@
 | `ki_no_vlm`       | yes      | yes     | yes  | no           | all                    | FAST          |
 | `joint_no_vlm`    | no       | yes     | yes  | no           | all                    | FAST          |
 | `pi0_vlm`         | no       | no      | yes  | yes          | all                    | —             |
+| `vlm_pretrain`    | —        | no      | no   | yes          | vision + backbone      | —             |
 
 `vlm_cotrain` and `action_tokenizer` are read by the data pipeline (mix VLM examples in; which
 tokenizer writes the discrete action targets); `use_fast=False` recipes need no discrete action
 targets in the batch (any present are ignored by `loss`).
+
+`vlm_pretrain` makes the vision-language base that robot training starts from (`model.init`; the
+paper's PaliGemma stage in miniature): the loss is the text cross-entropy on VLM answers only, the
+expert gets no gradient and is not trained. Its robot datasets only fix the layout and dims: give
+them weight 0 (config/train/vlm_base.yaml).
 """
 
 from __future__ import annotations
@@ -92,6 +98,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe("ki_no_vlm", insulate=True, use_fast=True, use_flow=True, vlm_cotrain=False),
         Recipe("joint_no_vlm", insulate=False, use_fast=True, use_flow=True, vlm_cotrain=False),
         Recipe("pi0_vlm", insulate=False, use_fast=False, use_flow=True, vlm_cotrain=True, action_tokenizer=None),
+        # the vision-language base: text loss on VLM answers only, no expert, no actions
+        Recipe("vlm_pretrain", insulate=True, use_fast=False, use_flow=False, vlm_cotrain=True, action_tokenizer=None),
     )
 }
 

@@ -210,6 +210,14 @@ def load_published_text_tokenizer(path: str, model_cfg: ModelConfig) -> TextToke
     return tok
 
 
+def _init_text_tokenizer(cfg: TrainConfig) -> str:
+    """The text tokenizer of `model.init` when that is a model folder, else ''."""
+    init = Path(cfg.model.init) if cfg.model.init else None
+    if init is None or cfg.model.init_format == "pi05" or not (init / "model.yaml").is_file():
+        return ""
+    return str(init / "text_tokenizer.json")
+
+
 def _horizon(cfg: TrainConfig) -> int:
     return int(cfg.model.overrides.get("action_horizon", ModelConfig.preset(cfg.model.preset).action_horizon))
 
@@ -236,8 +244,11 @@ def _fit_assets(cfg, assets: Path, names, kinds, trains, export, reports, log) -
     dump_config(Layout(list(ep0.camera_names), list(ep0.state_names), list(ep0.action_names),
                        float(ep0.control_rate_hz)), assets / "layout.yaml")
 
-    if cfg.tokenizers.text_tokenizer_path:  # a published tokenizer, copied as it is
-        src = Path(cfg.tokenizers.text_tokenizer_path)
+    # a published tokenizer, or the one of the model folder training starts from (its embeddings
+    # were trained with those ids), copied as it is
+    src = cfg.tokenizers.text_tokenizer_path or _init_text_tokenizer(cfg)
+    if src:
+        src = Path(src)
         load_published_text_tokenizer(str(src), model_cfg)
         shutil.copyfile(src, assets / ("text_tokenizer.model" if src.suffix == ".model" else "text_tokenizer.json"))
         log(f"[data] text tokenizer: {src}")
