@@ -32,8 +32,18 @@ def import_class(spec: str) -> Any:
 
 
 def load_policy(
-    model_dir: str | Path, backend: str = "torch", num_steps: int = 10, policy_class: str = ""
+    model_dir: str | Path, backend: str = "torch", num_steps: int = 10, policy_class: str = "",
+    threads: int = 0,
 ) -> Any:
+    """``threads`` > 0: intra-op threads of torch (and of ONNX Runtime for the project's runtime);
+    0 keeps the libraries' defaults (one per core)."""
+    if threads > 0:
+        try:
+            import torch
+        except ImportError:
+            pass
+        else:
+            torch.set_num_threads(threads)
     if policy_class:
         cls = import_class(policy_class)
     else:
@@ -46,6 +56,8 @@ def load_policy(
             ) from exc
     if not hasattr(cls, "load"):
         raise ValueError(f"policy class {cls!r} has no load(model_dir, backend=..., num_steps=...) method")
+    if not policy_class and threads > 0:
+        return cls.load(str(model_dir), backend=backend, num_steps=num_steps, threads=threads)
     return cls.load(str(model_dir), backend=backend, num_steps=num_steps)
 
 

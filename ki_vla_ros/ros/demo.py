@@ -122,8 +122,9 @@ class SimRig:
     def __init__(self, model_dir: Path, backend: str = "torch", log_dir: Path = Path("outputs/demo/logs"),
                  image_size: int = 0, camera_every: int = 1, render_quality: str = "fast",
                  real_time_factor: float = 1.0, num_steps: int = 10, record_video: bool = False,
-                 policy_class: str = ""):
+                 policy_class: str = "", threads: int = 0):
         self.model_dir, self.backend, self.policy_class = Path(model_dir), backend, policy_class
+        self.threads = threads
         self.log_dir = Path(log_dir)
         self.sim_params = {"image_size": image_size, "camera_every": camera_every,
                            "render_quality": render_quality, "real_time_factor": float(real_time_factor)}
@@ -148,6 +149,8 @@ class SimRig:
                     "--use-sim-time", "-p", f"num_steps:={self.num_steps}"]
         if self.policy_class:
             pol_args += ["--policy-class", self.policy_class]
+        if self.threads:
+            pol_args += ["-p", f"threads:={self.threads}"]
         self.children.append(Child("policy_node", pol_args, env, self.log_dir / "policy_node.log"))
         self._start_operator()
         self._wait_ready(timeout)
@@ -496,18 +499,36 @@ def _common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
     ap.add_argument("--duration", type=float, default=None,
                     help="episode length in sim seconds (default: 8 for picks, 15 for hand-overs)")
-    ap.add_argument("--image-size", type=int, default=0, help="camera size in pixels (default: the embodiment's)")
-    ap.add_argument("--camera-every", type=int, default=1, help="publish the cameras every k-th sim step [1]")
+    ap.add_argument("--image-size", type=int, default=0,
+                    help="camera size in pixels (default: the model's input size, so nothing is rendered "
+                         "only to be scaled down)")
+    ap.add_argument("--camera-every", type=int, default=2,
+                    help="publish the cameras every k-th 50 Hz sim step [2: 25 Hz, a camera's rate]")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="inference threads of the policy node (0 = one per core) [1: the sim needs the other core]")
     ap.add_argument("--render-quality", default="fast", choices=["fast", "full"])
     ap.add_argument("--num-steps", type=int, default=10, help="flow-matching steps of the policy [10]")
     ap.add_argument("--real-time-factor", type=float, default=1.0,
                     help="upper bound on the sim's speed (x real time; 0 = unbounded) [1.0]")
 
 
+def model_image_size(model_dir: Path) -> int:
+    """The square image size a model folder's model takes (0 when the folder has no manifest)."""
+    from ki_vla_ros.runtime.model_dir import ModelDirError, load_manifest
+
+    try:
+        return int(load_manifest(model_dir).model.image_size)
+    except ModelDirError:
+        return 0
+
+
 def _rig(opts, out: Path, record_video: bool) -> SimRig:
-    return SimRig(resolve_model(opts.model), backend=opts.backend, log_dir=out / "logs",
-                  image_size=opts.image_size, camera_every=opts.camera_every, render_quality=opts.render_quality,
-                  real_time_factor=opts.real_time_factor, num_steps=opts.num_steps, record_video=record_video)
+    model = resolve_model(opts.model)
+    size = opts.image_size or model_image_size(model)
+    return SimRig(model, backend=opts.backend, log_dir=out / "logs",
+                  image_size=size, camera_every=opts.camera_every, render_quality=opts.render_quality,
+                  real_time_factor=opts.real_time_factor, num_steps=opts.num_steps, record_video=record_video,
+                  threads=opts.threads)
 
 
 def demo_main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,9 @@ Parameters (read-only after start unless noted):
   backend (str)         torch | onnxruntime | tensorrt [torch]
   policy_class (str)    '' = ki_vla_ros.runtime.Policy; 'module:Class' = custom policy hook
   num_steps (int)       flow-matching integration steps [10]
+  threads (int)         intra-op threads for inference, 0 = the library's default (one per
+                        core); on a machine shared with other processes (a simulator, drivers)
+                        fewer threads keep inference latency steady [0]
   instruction (str)     the language command; settable at run time, validated (not empty,
                         at most max_instruction_chars) [""]
   max_instruction_chars (int) [500]
@@ -99,6 +102,7 @@ class PolicyNode(Node):
         self.declare_parameter("backend", "torch", ro)
         self.declare_parameter("policy_class", "", ro)
         self.declare_parameter("num_steps", 10, ro)
+        self.declare_parameter("threads", 0, ro)
         self.declare_parameter("max_instruction_chars", 500, ro)
         self.declare_parameter(
             "instruction",
@@ -135,6 +139,7 @@ class PolicyNode(Node):
                 backend=self._p("backend"),
                 num_steps=int(self._p("num_steps")),
                 policy_class=self._p("policy_class"),
+                threads=int(self._p("threads")),
             )
         self.policy = policy
         self.mapper = LayoutMapper(emb, policy)
