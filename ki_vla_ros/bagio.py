@@ -10,12 +10,16 @@ tests, tools).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ki_vla_ros.data.errors import DatasetError
 
 DEFAULT_STORE = "ros2_humble"
 
@@ -33,23 +37,31 @@ class TopicInfo:
     count: int
 
 
-def _reader(bag: str | Path):
-    from rosbags.highlevel import AnyReader
+@contextmanager
+def open_bag(bag: str | Path):
+    """An open rosbags AnyReader. A bag that cannot be read (truncated, not a bag) raises
+    `DatasetError` naming it, a missing one FileNotFoundError."""
+    from rosbags.highlevel import AnyReader, AnyReaderError
+    from rosbags.rosbag2 import ReaderError
 
     path = Path(bag)
     if not path.exists():
         raise FileNotFoundError(f"bag not found: {path}")
-    return AnyReader([path], default_typestore=typestore())
+    try:
+        with AnyReader([path], default_typestore=typestore()) as reader:
+            yield reader
+    except (AnyReaderError, ReaderError, EOFError, struct.error) as exc:
+        raise DatasetError(path, f"cannot read the bag ({type(exc).__name__}: {exc})") from None
 
 
 def bag_topics(bag: str | Path) -> list[TopicInfo]:
-    with _reader(bag) as reader:
+    with open_bag(bag) as reader:
         return [TopicInfo(c.topic, c.msgtype, c.msgcount) for c in reader.connections]
 
 
 def _iter(bag: str | Path, topics: Iterable[str] | None, decode: bool) -> Iterator[tuple[str, str, int, Any]]:
     wanted = set(topics) if topics else None
-    with _reader(bag) as reader:
+    with open_bag(bag) as reader:
         conns = [c for c in reader.connections if wanted is None or c.topic in wanted]
         if not conns:  # rosbags reads every connection when given none
             return

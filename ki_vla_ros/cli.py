@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from ki_vla_ros.data.errors import DatasetError
+
 # name -> ("module:function", one-line help). The function takes argv (list[str]) and returns
 # an exit code (or None for 0).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -45,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, func_name = SUBCOMMANDS[name][0].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
-    code = func(rest)
+    try:
+        code = func(rest)
+    except DatasetError as exc:  # bad data: one line naming the file, no traceback
+        print(f"ki-vla {name}: {exc}", file=sys.stderr)
+        return 1
     return int(code or 0)
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import yaml
 
 from ki_vla_ros.data.episode import Episode, LoadReport
+from ki_vla_ros.data.errors import DatasetError, EpisodeError
 from ki_vla_ros.embodiment import Embodiment
 from ki_vla_ros.runtime.preprocess import resize_with_pad_uint8
 
@@ -46,10 +47,10 @@ def find_bags(path: str | Path) -> list[Path]:
     if (path / "metadata.yaml").is_file():
         return [path]
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no rosbag2 folder (metadata.yaml) found")
+        raise DatasetError(path, "no rosbag2 folder (metadata.yaml) found")
     bags = sorted(p.parent for p in path.rglob("metadata.yaml"))
     if not bags:
-        raise FileNotFoundError(f"{path}: no rosbag2 folders (metadata.yaml) below it")
+        raise DatasetError(path, "no rosbag2 folders (metadata.yaml) below it")
     return bags
 
 
@@ -100,9 +101,7 @@ def read_bag_episodes(bag: str | Path, emb: Embodiment, image_size: int, action_
                       instruction: str = "", instruction_topic: str = "/instruction",
                       segment_by: str = "bag", max_age_s: float = 0.0) -> tuple[list[Episode], LoadReport]:
     """Read one bag into episodes on the control grid (see the module doc). Returns (episodes, report)."""
-    from rosbags.highlevel import AnyReader
-
-    from ki_vla_ros.bagio import typestore
+    from ki_vla_ros.bagio import open_bag
 
     bag = Path(bag)
     report = LoadReport(str(bag))
@@ -117,32 +116,11 @@ def read_bag_episodes(bag: str | Path, emb: Embodiment, image_size: int, action_
     instr_msgs: list[tuple[int, str]] = []
     joint_pos = {name: i for i, name in enumerate(emb.state_names)}
 
-    with AnyReader([bag], default_typestore=typestore()) as reader:
-        wanted = set(tracks) | {instruction_topic}
-        conns = [c for c in reader.connections if c.topic in wanted]
-        present = {c.topic for c in conns}
-        for topic in tracks:
-            if topic not in present:
-                report.problems[f"missing topic: {topic}"] += 1
-        for conn, t_bag, raw in reader.messages(connections=conns):
-            topic = conn.topic
-            report.messages[topic] += 1
-            try:
-                msg = reader.deserialize(raw, conn.msgtype)
-            except Exception:  # noqa: BLE001 - any decoding failure is a corrupt message
-                report.problems[f"corrupt: {topic}"] += 1
-                continue
-            if topic == instruction_topic:
-                instr_msgs.append((_stamp_ns(msg, int(t_bag)), str(getattr(msg, "data", ""))))
-                continue
-            try:
-                value = _decode(topic, msg, conn.msgtype, cams, states, outputs, image_size)
-            except (ValueError, KeyError, IndexError, AttributeError):
-                report.problems[f"corrupt: {topic}"] += 1
-                continue
-            tr = tracks[topic]
-            tr.times.append(_stamp_ns(msg, int(t_bag)))
-            tr.values.append(value)
+    try:
+        _read_messages(open_bag(bag), tracks, instr_msgs, report, instruction_topic, cams, states, outputs,
+                       image_size)
+    except DatasetError as exc:
+        raise EpisodeError(exc.path, exc.problem) from None
 
     if any(not tr.times for tr in tracks.values()):
         empty = [t for t, tr in tracks.items() if not tr.times]
@@ -234,6 +212,37 @@ def read_bag_episodes(bag: str | Path, emb: Embodiment, image_size: int, action_
     report.episodes = len(episodes)
     report.steps = sum(len(e) for e in episodes)
     return episodes, report
+
+
+def _read_messages(bag_ctx, tracks, instr_msgs, report, instruction_topic, cams, states, outputs, image_size) -> None:
+    """Every wanted message of the bag into its track (and the instruction messages), counting
+    corrupt ones."""
+    with bag_ctx as reader:
+        wanted = set(tracks) | {instruction_topic}
+        conns = [c for c in reader.connections if c.topic in wanted]
+        present = {c.topic for c in conns}
+        for topic in tracks:
+            if topic not in present:
+                report.problems[f"missing topic: {topic}"] += 1
+        for conn, t_bag, raw in reader.messages(connections=conns):
+            topic = conn.topic
+            report.messages[topic] += 1
+            try:
+                msg = reader.deserialize(raw, conn.msgtype)
+            except Exception:  # noqa: BLE001 - any decoding failure is a corrupt message
+                report.problems[f"corrupt: {topic}"] += 1
+                continue
+            if topic == instruction_topic:
+                instr_msgs.append((_stamp_ns(msg, int(t_bag)), str(getattr(msg, "data", ""))))
+                continue
+            try:
+                value = _decode(topic, msg, conn.msgtype, cams, states, outputs, image_size)
+            except (ValueError, KeyError, IndexError, AttributeError):
+                report.problems[f"corrupt: {topic}"] += 1
+                continue
+            tr = tracks[topic]
+            tr.times.append(_stamp_ns(msg, int(t_bag)))
+            tr.values.append(value)
 
 
 def _decode(topic, msg, msgtype, cams, states, outputs, image_size):

@@ -24,6 +24,8 @@ class DatasetConfig:
     state_key: str = "observation.state"
     action_key: str = "action"
     # all robot datasets
+    on_error: Literal["raise", "skip"] = "raise"  # a broken episode (unreadable file, wrong length): stop, or
+    # skip it and count it in assets/data_report.json
     max_episodes: int = 0  # 0: all
     val_episodes: int = -1  # held-out episodes (-1: 10%, at least 1 when there are >= 2 episodes)
     # normalisation statistics computed from this data: a state/action dimension whose 1st..99th

@@ -59,6 +59,7 @@ class LoadReport:
     samples: int = 0
     messages: Counter = field(default_factory=Counter)  # topic -> messages read
     problems: Counter = field(default_factory=Counter)  # "reason: topic" -> count
+    skipped: list[str] = field(default_factory=list)  # broken episodes skipped (on_error: skip), one line each
 
     def add(self, other: LoadReport) -> None:
         self.episodes += other.episodes
@@ -66,18 +67,22 @@ class LoadReport:
         self.samples += other.samples
         self.messages.update(other.messages)
         self.problems.update(other.problems)
+        self.skipped += other.skipped
 
     def to_dict(self) -> dict:
         return {"source": self.source, "episodes": self.episodes, "steps": self.steps, "samples": self.samples,
-                "messages": dict(self.messages), "problems": dict(self.problems)}
+                "messages": dict(self.messages), "problems": dict(self.problems),
+                "skipped_episodes": len(self.skipped), "skipped": list(self.skipped)}
 
     @classmethod
     def from_dict(cls, d: dict) -> LoadReport:
         return cls(d["source"], d["episodes"], d["steps"], d["samples"], Counter(d["messages"]),
-                   Counter(d["problems"]))
+                   Counter(d["problems"]), list(d.get("skipped", [])))
 
     def summary(self) -> str:
         text = f"{self.source}: {self.episodes} episodes, {self.steps} steps"
+        if self.skipped:
+            text += f"; {len(self.skipped)} broken episode(s) skipped"
         if self.problems:
             text += "; problems: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.problems.items()))
         return text

@@ -22,6 +22,7 @@ import numpy as np
 
 from ki_vla_ros.data.config import DatasetConfig
 from ki_vla_ros.data.episode import Episode, LoadReport
+from ki_vla_ros.data.errors import EpisodeError
 
 CACHE_VERSION = 2  # 2: images resized in float (LeRobot rule), int() sizes
 
@@ -55,8 +56,14 @@ def _read(cfg: DatasetConfig, image_size: int) -> tuple[list[Episode], LoadRepor
         if cfg.max_episodes:
             bags = bags[: cfg.max_episodes]
         for bag in bags:
-            eps, rep = read_bag_episodes(bag, emb, image_size, cfg.action_source, cfg.instruction,
-                                         cfg.instruction_topic, cfg.segment_by, cfg.max_age_s)
+            try:
+                eps, rep = read_bag_episodes(bag, emb, image_size, cfg.action_source, cfg.instruction,
+                                             cfg.instruction_topic, cfg.segment_by, cfg.max_age_s)
+            except EpisodeError as exc:
+                if cfg.on_error != "skip":
+                    raise
+                report.skipped.append(str(exc))
+                continue
             episodes += eps
             report.add(rep)
         return episodes, report
@@ -64,7 +71,7 @@ def _read(cfg: DatasetConfig, image_size: int) -> tuple[list[Episode], LoadRepor
         from ki_vla_ros.data.lerobot import read_lerobot
 
         return read_lerobot(cfg.path, image_size, cfg.cameras or None, cfg.state_key, cfg.action_key,
-                            cfg.max_episodes)
+                            cfg.max_episodes, cfg.on_error)
     raise ValueError(f"{cfg.name}: type {cfg.type!r} is not a robot dataset")
 
 

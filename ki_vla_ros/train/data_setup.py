@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ki_vla_ros.configio import dump_config, load_config
+from ki_vla_ros.data.errors import DatasetError
 from ki_vla_ros.data.examples import ExampleBuilder
 from ki_vla_ros.data.mixture import MixtureSampler
 from ki_vla_ros.data.robot import RobotDataset, load_robot_episodes, split_episodes
@@ -122,7 +123,7 @@ def prepare_data(cfg: TrainConfig, rank: int = 0, fit_assets: bool = True, barri
                 continue
             eps, rep = load_robot_episodes(d, image_size, cache, log=log)
             if not eps:
-                raise ValueError(f"dataset '{d.name}': no episodes in {d.path} ({rep.summary()})")
+                raise DatasetError(d.path, f"dataset '{d.name}': no episodes ({rep.summary()})")
             robot_eps[d.name] = (eps, rep)
 
     if rank == 0:
@@ -147,6 +148,8 @@ def prepare_data(cfg: TrainConfig, rank: int = 0, fit_assets: bool = True, barri
             horizon = _horizon(cfg)
             trains.append(RobotDataset(tr_eps, horizon))
             vals.append(RobotDataset(va_eps, horizon))
+            if not len(trains[-1]):
+                raise DatasetError(d.path, no_samples_problem(d, rep, horizon, held_out=len(vals[-1])))
             rep.samples = len(trains[-1]) + len(vals[-1])
             rep_d = rep.to_dict()
             rep_d.update(train_episodes=len(tr_eps), val_episodes=len(va_eps), train_samples=len(trains[-1]),
@@ -175,6 +178,30 @@ def prepare_data(cfg: TrainConfig, rank: int = 0, fit_assets: bool = True, barri
     sampler = MixtureSampler([len(t) for t in trains], weights, cfg.seed)
     return TrainData(model_cfg, names, kinds, trains, vals, sampler, builder, layout, text_tok, action_tok, norm,
                      export, reports)
+
+
+def no_samples_problem(d, rep, horizon: int, held_out: int = 0) -> str:
+    """Why a robot dataset gave no training sample, and the setting that changes it."""
+    kinds = {}
+    for key, n in rep.problems.items():
+        kinds[key.split(":")[0]] = kinds.get(key.split(":")[0], 0) + n
+    worst = ", ".join(f"{k} x{v}" for k, v in sorted(rep.problems.items(), key=lambda kv: -kv[1])[:3])
+    text = (f"dataset '{d.name}': no usable training samples ({rep.episodes} episodes, {rep.steps} steps read"
+            f"{f', {held_out} held-out samples' if held_out else ''}; a sample needs a valid step and "
+            f"{horizon - 1} valid steps after it)")
+    if worst:
+        text += f"; most common problems: {worst}"
+    if kinds.get("stale"):
+        age = f"{d.max_age_s} s" if d.max_age_s else "0 = half a control period"
+        text += (f". Stale steps: a topic's latest message is older than max_age_s ({age}) at a control step; "
+                 f"raise max_age_s in the dataset config for cameras slower than the control rate")
+    elif kinds.get("missing topic") or kinds.get("no usable messages"):
+        text += f". Check the embodiment's topics ('{d.embodiment}') against the bag (ros2 bag info)"
+    elif kinds.get("missing"):
+        text += ". Messages or video frames are missing at the control steps"
+    elif rep.skipped:
+        text += f"; {len(rep.skipped)} broken episode(s) were skipped (on_error: skip): {rep.skipped[0]}"
+    return text
 
 
 def text_tokenizer_file(assets: Path) -> Path:
