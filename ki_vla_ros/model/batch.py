@@ -2,7 +2,7 @@
 
 Shapes: B examples, V camera views, S = config.image_size, L tokens, H = config.action_horizon,
 D = config.action_dim (padded), Ds = config.state_dim (padded). `tokenize.prompt.collate` builds
-the token arrays; every key below is required except `noise` and `time`.
+the token arrays; every key below is required except `noise`, `time` and `prefix_len`.
 
 Token rows are laid out ``[prefix tokens | target tokens | PAD ...]``: the prefix (BOS,
 instruction, state) first, then the targets (a text answer and/or FAST action tokens), then
@@ -34,6 +34,7 @@ class _BatchRequired(TypedDict):
 class Batch(_BatchRequired, total=False):
     noise: torch.Tensor  # float32 [B, H, D]; flow noise override (default N(0, I))
     time: torch.Tensor  # float32 [B]; flow time override in (0, 1], t = 1 noise (default Beta(1.5, 1))
+    prefix_len: torch.Tensor  # int64 [B]; leading actions given as clean data, not predicted (model/rtc.py)
 
 
 BATCH_KEYS = tuple(_BatchRequired.__annotations__)

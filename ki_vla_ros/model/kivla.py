@@ -4,6 +4,11 @@ Time convention (docs/pi05-conventions): t = 1 is pure noise, t = 0 is data.
 x_t = t·noise + (1−t)·actions, target velocity u = noise − actions; training t ~ Beta(1.5, 1)·0.999
 + 0.001; sampling integrates N Euler steps from t = 1 with dt = −1/N (x ← x + dt·v).
 
+Action prefix (real-time chunking, training-time variant, model/rtc.py): the first d actions of a
+chunk may be given as clean data. Those tokens carry their own flow time 0 (per-token adaRMS
+condition, `layers.TokenCond`), stay fixed through sampling and are left out of the flow loss.
+Without a prefix every code path is the one before it existed, bit for bit.
+
 Token streams: the backbone (vision tower → projector, text embeddings ·√width, optional
 continuous-state token) processes PREFIX/TEXT/FAST tokens; the action expert processes the H
 noisy actions, conditioned on t through adaRMSNorm. They meet only in the shared attention
@@ -22,7 +27,9 @@ from torch import nn
 from ki_vla_ros.model.attention import rope_tables
 from ki_vla_ros.model.batch import Batch
 from ki_vla_ros.model.config import ModelConfig
+from ki_vla_ros.model.layers import TokenCond
 from ki_vla_ros.model.masks import ACTION, FAST, PAD, PREFIX, TEXT, attention_mask
+from ki_vla_ros.model.rtc import prefix_tokens
 from ki_vla_ros.model.transformer import MixtureTransformer
 from ki_vla_ros.model.vision import VisionTower
 
@@ -103,11 +110,18 @@ class KIVLA(nn.Module):
         kinds.append(token_kind.long())
         return torch.cat(embs, dim=1), torch.cat(kinds, dim=1)
 
-    def embed_actions(self, x_t: torch.Tensor, t: torch.Tensor):
-        """x_t [B, H, D], t [B] -> action tokens [B, H, We], time condition [B, We]."""
+    def time_condition(self, t: torch.Tensor) -> torch.Tensor:
+        """t [B] -> the expert's adaRMS condition [B, We]: φ(t), Linear, swish, Linear, swish."""
         c = self.config
         phi = time_embedding(t, c.expert_width, c.time_min_period, c.time_max_period)
-        cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(phi))))
+        return F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(phi))))
+
+    def embed_actions(self, x_t: torch.Tensor, t: torch.Tensor, clean: torch.Tensor | None = None):
+        """x_t [B, H, D], t [B], clean [B, H] bool | None (action-prefix tokens: their flow time is 0)
+        -> action tokens [B, H, We], time condition [B, We] (or per token: `TokenCond`)."""
+        cond = self.time_condition(t)
+        if clean is not None:
+            cond = TokenCond(cond, self.time_condition(torch.zeros_like(t)), clean)
         return self.action_in_proj(x_t), cond
 
     def _action_positions(self, kinds: torch.Tensor, horizon: int) -> torch.Tensor:
@@ -115,7 +129,7 @@ class KIVLA(nn.Module):
         n_prefix = (kinds == PREFIX).sum(-1, keepdim=True)
         return n_prefix + torch.arange(horizon, device=kinds.device)
 
-    def _joint(self, emb_b, kinds_b, x_t, t):
+    def _joint(self, emb_b, kinds_b, x_t, t, clean=None):
         """Full forward over backbone tokens and (optionally) actions. -> (h_b, velocity | None)."""
         b = kinds_b.shape[0]
         pos_b = token_positions(kinds_b)
@@ -125,7 +139,7 @@ class KIVLA(nn.Module):
             )
             return h_b, None
         h = x_t.shape[1]
-        x_a, cond = self.embed_actions(x_t, t)
+        x_a, cond = self.embed_actions(x_t, t, clean)
         kinds = torch.cat([kinds_b, torch.full((b, h), ACTION, dtype=torch.long, device=kinds_b.device)], 1)
         h_b, h_a = self.transformer(
             emb_b,
@@ -150,7 +164,9 @@ class KIVLA(nn.Module):
         * ``fast_loss`` — mean cross-entropy over FAST target tokens with loss_mask (0 if none);
         * ``flow_loss`` — flow-matching MSE of the velocity, per example averaged over H × the
           real action dims (action_dim_mask), then over examples with action_mask (0 if none or
-          if `config.use_flow` is off);
+          if `config.use_flow` is off). With ``batch["prefix_len"]`` (model/rtc.py) the first
+          prefix_len[b] actions of example b enter as clean data at flow time 0 and the average
+          runs over the other H − prefix_len[b] actions only;
         * ``loss`` = token CE (mean over all counted target tokens: TEXT, plus FAST if
           `config.use_fast`) + alpha · flow_loss (if `config.use_flow`).
         """
@@ -158,7 +174,7 @@ class KIVLA(nn.Module):
         tokens, kind, loss_mask = batch["tokens"], batch["token_kind"].long(), batch["loss_mask"].bool()
         emb_b, kinds_b = self.embed_prefix(batch["images"], batch["image_mask"], tokens, kind, batch["state"])
         zero = emb_b.new_zeros(())
-        x_t = t = u = None
+        x_t = t = u = clean = None
         if c.use_flow:
             actions = batch["actions"]
             b = actions.shape[0]
@@ -168,7 +184,10 @@ class KIVLA(nn.Module):
             t = self.sample_time(b, actions.device) if t is None else t
             x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
             u = noise - actions
-        h_b, v_t = self._joint(emb_b, kinds_b, x_t, t)
+            if batch.get("prefix_len") is not None:
+                clean = prefix_tokens(batch["prefix_len"], actions.shape[1])  # [B, H]
+                x_t = torch.where(clean[..., None], actions, x_t)
+        h_b, v_t = self._joint(emb_b, kinds_b, x_t, t, clean)
 
         # token cross-entropy: the logit at j-1 predicts token j
         h_txt = h_b[:, -tokens.shape[1] :]  # [B, L, W]
@@ -190,7 +209,11 @@ class KIVLA(nn.Module):
         if v_t is not None:
             dim_mask = batch["action_dim_mask"].to(v_t.dtype)  # [B, D]
             err = (v_t - u).pow(2) * dim_mask[:, None, :]
-            per_ex = err.sum((1, 2)) / (v_t.shape[1] * dim_mask.sum(-1)).clamp(min=1)  # [B]
+            n_tokens = v_t.shape[1]
+            if clean is not None:  # the prefix is given, not predicted
+                err = err * (~clean)[..., None].to(err.dtype)
+                n_tokens = (~clean).sum(-1).to(err.dtype)
+            per_ex = err.sum((1, 2)) / (n_tokens * dim_mask.sum(-1)).clamp(min=1)  # [B]
             act = batch["action_mask"].to(v_t.dtype)
             flow_loss = (per_ex * act).sum() / act.sum().clamp(min=1)
         loss = ar_loss + c.alpha * flow_loss if c.use_flow else ar_loss
@@ -217,42 +240,64 @@ class KIVLA(nn.Module):
         rope_a = rope_tables(self._action_positions(prefix_kind, horizon), self.config.head_dim, self.config.rope_base)
         return allowed, rope_a
 
-    def expert_velocity(self, k, v, prefix_mask, x_t, t, context=None):
+    def expert_velocity(self, k, v, prefix_mask, x_t, t, context=None, clean=None):
         """k, v [depth, B, Lp, K, hd], prefix_mask [B, Lp] bool, x_t [B, H, D], t [B] -> velocity [B, H, D].
-        `context` = `expert_context(prefix_mask, H)`, passed in by the flow loop so it is built once."""
+        `context` = `expert_context(prefix_mask, H)`, passed in by the flow loop so it is built once;
+        `clean` [B, H] bool marks action-prefix tokens (flow time 0)."""
         allowed, rope_a = context if context is not None else self.expert_context(prefix_mask, x_t.shape[1])
-        x_a, cond = self.embed_actions(x_t, t)
+        x_a, cond = self.embed_actions(x_t, t, clean)
         h_a = self.transformer.expert_over_cache(k, v, x_a, rope_a, cond, allowed, self.config.insulate)
         return self.action_out_proj(h_a)
 
     @torch.no_grad()
-    def sample_actions(self, images, image_mask, tokens, token_mask, state, noise, num_steps: int = 10):
+    def sample_actions(self, images, image_mask, tokens, token_mask, state, noise, num_steps: int = 10,
+                       action_prefix=None, action_prefix_len=None):
         """Prefix once, then `num_steps` Euler steps from t = 1 (noise) to t = 0.
-        noise [B, H, D] -> actions [B, H, D]."""
+        noise [B, H, D] -> actions [B, H, D]; action prefix: see `flow_from_cache`."""
         k, v, prefix_mask = self.prefix_cache(images, image_mask, tokens, token_mask, state)
-        return self.flow_from_cache(k, v, prefix_mask, noise, num_steps)
+        return self.flow_from_cache(k, v, prefix_mask, noise, num_steps, action_prefix, action_prefix_len)
 
-    def flow_from_cache(self, k, v, prefix_mask, noise, num_steps: int = 10):
+    def flow_from_cache(self, k, v, prefix_mask, noise, num_steps: int = 10, action_prefix=None,
+                        action_prefix_len=None):
         """The flow step: `num_steps` Euler steps over the prefix cache, t = 1 (noise) -> 0 (data).
-        noise [B, H, D] -> actions [B, H, D] (normalised). Export traces this loop unrolled."""
+        noise [B, H, D] -> actions [B, H, D] (normalised). Export traces this loop unrolled.
+
+        Action prefix (model/rtc.py): action_prefix [B, H, D] (normalised; rows from
+        action_prefix_len on are ignored) and action_prefix_len [B] int64 in [0, H]. The first
+        action_prefix_len[b] actions are held at the prefix, at flow time 0, through every step
+        and come back unchanged; length 0 gives exactly the chunk without a prefix."""
         context = self.expert_context(prefix_mask, noise.shape[1])
+        clean = None if action_prefix is None else prefix_tokens(action_prefix_len, noise.shape[1])  # [B, H]
         x, dt = noise, -1.0 / num_steps
+        if clean is not None:
+            action_prefix = action_prefix.to(noise.dtype)
+            x = torch.where(clean[..., None], action_prefix, x)
         for i in range(num_steps):
             t = torch.full((noise.shape[0],), 1.0 - i / num_steps, dtype=noise.dtype, device=noise.device)
-            x = x + dt * self.expert_velocity(k, v, prefix_mask, x, t, context)
+            if clean is None:
+                x = x + dt * self.expert_velocity(k, v, prefix_mask, x, t, context)
+            else:
+                vel = self.expert_velocity(k, v, prefix_mask, x, t, context, clean)
+                x = torch.where(clean[..., None], action_prefix, x + dt * vel)
         return x
 
     @torch.no_grad()
     def sample_actions_uncached(
-        self, images, image_mask, tokens, token_mask, state, noise, num_steps: int = 10
+        self, images, image_mask, tokens, token_mask, state, noise, num_steps: int = 10, action_prefix=None,
+        action_prefix_len=None,
     ):
         """Reference sampler: re-runs the whole model (vision, backbone and expert) at every step."""
         kind = torch.where(token_mask, PREFIX, PAD)
+        clean = None if action_prefix is None else prefix_tokens(action_prefix_len, noise.shape[1])
         x, dt = noise, -1.0 / num_steps
+        if clean is not None:
+            x = torch.where(clean[..., None], action_prefix, x)
         for i in range(num_steps):
             emb, kinds = self.embed_prefix(images, image_mask, tokens, kind, state)
             t = torch.full((noise.shape[0],), 1.0 - i / num_steps, device=noise.device)
-            x = x + dt * self._joint(emb, kinds, x, t)[1]
+            x = x + dt * self._joint(emb, kinds, x, t, clean)[1]
+            if clean is not None:
+                x = torch.where(clean[..., None], action_prefix, x)
         return x
 
     @torch.no_grad()

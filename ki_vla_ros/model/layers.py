@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +23,18 @@ class RMSNorm(nn.Module):
         return (y * (1.0 + self.weight.float())).to(x.dtype), None
 
 
+class TokenCond(NamedTuple):
+    """A condition that differs per token but takes one of two values: `alt` [B, C] on the tokens
+    where `use_alt` [B, N] is True, `cond` [B, C] elsewhere. The action expert's per-token flow time
+    (model/rtc.py): the action prefix is at t = 0 (`alt`), the rest at the sampled t (`cond`). The
+    modulation runs on the two rows only and is selected per token, so the tokens at `cond` get
+    exactly what a plain [B, C] condition gives them."""
+
+    cond: torch.Tensor
+    alt: torch.Tensor
+    use_alt: torch.Tensor
+
+
 class AdaRMSNorm(nn.Module):
     """Adaptive RMSNorm (π0.5): one Linear of the condition gives scale, shift, gate (in that order).
 
@@ -35,9 +49,14 @@ class AdaRMSNorm(nn.Module):
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # x [B, N, D], cond [B, C] -> y [B, N, D], gate [B, 1, D]
-        scale, shift, gate = self.modulation(cond)[:, None].chunk(3, dim=-1)
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | TokenCond) -> tuple[torch.Tensor, torch.Tensor]:
+        # x [B, N, D], cond [B, C] -> y [B, N, D], gate [B, 1, D]; cond TokenCond -> gate [B, N, D]
+        if isinstance(cond, TokenCond):
+            mod = torch.where(cond.use_alt[..., None], self.modulation(cond.alt)[:, None],
+                              self.modulation(cond.cond)[:, None])
+        else:
+            mod = self.modulation(cond)[:, None]
+        scale, shift, gate = mod.chunk(3, dim=-1)
         xf = x.float()
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (y * (1.0 + scale) + shift).to(x.dtype), gate
@@ -88,8 +107,8 @@ class Block(nn.Module):
         self.mlp_norm = norm()
         self.mlp = GeGLU(width, mlp_dim)
 
-    def qkv(self, x: torch.Tensor, cond: torch.Tensor | None):
-        # x [B, N, W] -> q [B, N, H, hd], k/v [B, N, K, hd], gate [B, 1, W] | None
+    def qkv(self, x: torch.Tensor, cond: torch.Tensor | TokenCond | None):
+        # x [B, N, W] -> q [B, N, H, hd], k/v [B, N, K, hd], gate [B, 1 | N, W] | None
         b, n, _ = x.shape
         h, gate = self.attn_norm(x, cond)
         q = self.q_proj(h).view(b, n, self.num_heads, self.head_dim)
@@ -97,7 +116,7 @@ class Block(nn.Module):
         v = self.v_proj(h).view(b, n, self.num_kv_heads, self.head_dim)
         return q, k, v, gate
 
-    def finish(self, x: torch.Tensor, attn: torch.Tensor, gate, cond: torch.Tensor | None) -> torch.Tensor:
+    def finish(self, x: torch.Tensor, attn: torch.Tensor, gate, cond: torch.Tensor | TokenCond | None) -> torch.Tensor:
         # x [B, N, W], attn [B, N, H*hd] -> [B, N, W]
         x = gated_residual(x, self.o_proj(attn), gate)
         h, gate = self.mlp_norm(x, cond)

@@ -7,7 +7,7 @@ from torch import nn
 
 from ki_vla_ros.model.attention import apply_rope, rope, shared_attention
 from ki_vla_ros.model.config import ModelConfig
-from ki_vla_ros.model.layers import AdaRMSNorm, Block, RMSNorm
+from ki_vla_ros.model.layers import AdaRMSNorm, Block, RMSNorm, TokenCond
 
 
 class MixtureTransformer(nn.Module):
@@ -33,12 +33,13 @@ class MixtureTransformer(nn.Module):
         pos_b: torch.Tensor,
         x_a: torch.Tensor | None,
         pos_a: torch.Tensor | None,
-        cond: torch.Tensor | None,
+        cond: torch.Tensor | TokenCond | None,
         allowed: torch.Tensor,
         insulate: bool,
     ):
-        """Joint pass. x_b [B, Nb, W], pos_b [B, Nb]; x_a [B, Na, We] | None, pos_a [B, Na], cond [B, We];
-        allowed [B, Nb+Na, Nb+Na]. Returns final-normed (h_b [B, Nb, W], h_a [B, Na, We] | None)."""
+        """Joint pass. x_b [B, Nb, W], pos_b [B, Nb]; x_a [B, Na, We] | None, pos_a [B, Na], cond [B, We]
+        (or a per-token `TokenCond`); allowed [B, Nb+Na, Nb+Na].
+        Returns final-normed (h_b [B, Nb, W], h_a [B, Na, We] | None)."""
         base = self.cfg.rope_base
         for lb, la in zip(self.backbone, self.expert, strict=True):
             q_b, k_b, v_b, g_b = lb.qkv(x_b, None)
@@ -76,7 +77,7 @@ class MixtureTransformer(nn.Module):
         v_cache: torch.Tensor,
         x_a: torch.Tensor,
         rope_a: tuple[torch.Tensor, torch.Tensor],
-        cond: torch.Tensor,
+        cond: torch.Tensor | TokenCond,
         allowed: torch.Tensor,
         insulate: bool = True,
     ) -> torch.Tensor:
