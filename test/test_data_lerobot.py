@@ -105,3 +105,62 @@ def test_lerobot_bad_version(tmp_path):
     (tmp_path / "ds/meta/info.json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match="v1.6"):
         read_lerobot(tmp_path / "ds", 16)
+
+
+def test_video_decoded_per_episode_with_bounded_memory(tmp_path):
+    """A v3.0-style mp4 holding 40 episodes of 10 frames (128x128): reading episode 20 seeks to it
+    and decodes about its own frames; the traced peak stays near a few native frames, while the file
+    holds 400 (the old reader kept every frame of the file)."""
+    import tracemalloc
+
+    from ki_vla_ros.data.lerobot import decode_window
+
+    path, per, n_eps, side = tmp_path / "file-000.mp4", 10, 40, 128
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("mpeg4", rate=FPS)
+        s.width = s.height = side
+        s.pix_fmt = "yuv420p"
+        s.codec_context.gop_size = 10
+        for k in range(per * n_eps):
+            out.mux(s.encode(av.VideoFrame.from_ndarray(np.full((side, side, 3), (7 * k) % 256, np.uint8),
+                                                        format="rgb24")))
+        out.mux(s.encode())
+    first = 20 * per
+    tracemalloc.start()
+    frames, decoded = decode_window(path, first / FPS, (first + per - 1) / FPS, FPS, 16)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert sorted(frames) == list(range(first, first + per))
+    assert decoded <= per + 10 + 1  # at most one GOP before the episode and one frame after
+    np.testing.assert_allclose([frames[k].mean() for k in sorted(frames)], [(7 * k) % 256 for k in sorted(frames)],
+                               atol=8)
+    frame_bytes = side * side * 3
+    assert peak < 20 * frame_bytes, f"peak {peak} B for one episode; the file holds {per * n_eps} frames"
+
+
+def test_norm_stats_from_the_dataset(tmp_path):
+    from ki_vla_ros.configio import from_dict
+    from ki_vla_ros.data.errors import DatasetError
+    from ki_vla_ros.normalize import NormStats
+    from ki_vla_ros.train.config import TrainConfig
+    from ki_vla_ros.train.data_setup import prepare_data
+
+    root = tmp_path / "ds"
+    write_v30(root)
+    stats = {"observation.state": {"q01": [-1.0, -2.0, -3.0], "q99": [1.0, 2.0, 3.0], "mean": [0, 0, 0]},
+             "action": {"q01": [-3.0, -2.5], "q99": [3.0, 3.5]}}
+    (root / "meta" / "stats.json").write_text(json.dumps(stats))
+    ds = {"name": "lr", "type": "lerobot", "path": str(root), "val_episodes": 0, "norm_stats": "dataset"}
+    cfg = {"run_dir": str(tmp_path / "run"), "datasets": [ds], "recipe": "pi0", "model": {"preset": "tiny"},
+           "progress": False, "tokenizers": {"fast_vocab_size": 64, "fit_chunks": 10}}
+    prepare_data(from_dict(TrainConfig, cfg), log=lambda *a: None)
+    norm = NormStats.load(tmp_path / "run/assets/norm_stats/lr.json")
+    np.testing.assert_array_equal(norm.state.q99, [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(norm.actions.q01, [-3.0, -2.5])
+    del stats["action"]["q01"]
+    (root / "meta" / "stats.json").write_text(json.dumps(stats))
+    with pytest.raises(DatasetError, match=r"meta/stats.json: no q01/q99 for 'action'"):
+        prepare_data(from_dict(TrainConfig, cfg | {"run_dir": str(tmp_path / "run2")}), log=lambda *a: None)
+    with pytest.raises(ValueError, match=r"datasets\[0\]\.norm_stats': 'dataset' reads a LeRobot"):
+        from_dict(TrainConfig, cfg | {"datasets": [{"name": "b", "type": "rosbag", "path": "x", "embodiment": "e",
+                                                     "norm_stats": "dataset"}]})

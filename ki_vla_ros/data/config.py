@@ -23,6 +23,9 @@ class DatasetConfig:
     cameras: dict[str, str] = field(default_factory=dict)  # feature key -> camera name
     state_key: str = "observation.state"
     action_key: str = "action"
+    # normalisation statistics: "compute" (q01/q99 of the training episodes, min_quantile_range
+    # applied) or "dataset" (lerobot: the q01/q99 in the dataset's meta/stats.json, as they are)
+    norm_stats: Literal["compute", "dataset"] = "compute"
     # all robot datasets
     on_error: Literal["raise", "skip"] = "raise"  # a broken episode (unreadable file, wrong length): stop, or
     # skip it and count it in assets/data_report.json
@@ -42,6 +45,9 @@ class DatasetConfig:
             raise ValueError(f"weight: must be >= 0, got {self.weight}")
         if self.type == "rosbag" and not self.embodiment:
             raise ValueError("embodiment: a rosbag dataset needs an embodiment (name or YAML path)")
+        if self.norm_stats == "dataset" and self.type != "lerobot":
+            raise ValueError(f"norm_stats: 'dataset' reads a LeRobot dataset's meta/stats.json; {self.type} "
+                             f"datasets use 'compute'")
         if self.min_quantile_range < 0:
             raise ValueError(f"min_quantile_range: must be >= 0, got {self.min_quantile_range}")
         if not 0 <= self.val_fraction < 1:

@@ -194,6 +194,28 @@ def read_lerobot(root: str | Path, image_size: int, cameras: dict[str, str] | No
     return eps, report
 
 
+def dataset_norm_stats(root: str | Path, state_key: str = "observation.state", action_key: str = "action"):
+    """The q01/q99 of `state_key` and `action_key` in the dataset's ``meta/stats.json`` as NormStats."""
+    from ki_vla_ros.normalize import NormStats, QuantileStats
+
+    path = Path(root) / "meta" / "stats.json"
+    if not path.is_file():
+        raise DatasetError(path, "missing (norm_stats: dataset reads it; use norm_stats: compute)")
+    stats = _json(path)
+    out = []
+    for key in (state_key, action_key):
+        entry = stats.get(key)
+        if not isinstance(entry, dict) or "q01" not in entry or "q99" not in entry:
+            raise DatasetError(path, f"no q01/q99 for '{key}' (LeRobot writes quantiles from dataset v3.0 on; "
+                                     f"use norm_stats: compute)")
+        try:
+            out.append(QuantileStats.from_dict({"q01": np.ravel(entry["q01"]), "q99": np.ravel(entry["q99"])},
+                                               key))
+        except ValueError as exc:
+            raise DatasetError(path, str(exc)) from None
+    return NormStats(*out)
+
+
 def _table(path: Path, tables: dict) -> dict:
     """The parquet file of an episode (v3.0 files hold many: the last one read is kept)."""
     if path not in tables:

@@ -3,7 +3,8 @@
 `load_robot_episodes(cfg, image_size, cache_dir)` reads a rosbag or LeRobot dataset into
 `Episode`s and keeps them in ``cache_dir/<key>/`` (images as .npy, memory-mapped on later loads;
 the key hashes the source files' sizes and times and every reading option), so a second run — or
-another rank — does not decode video or bags again.
+another rank — does not decode video or bags again. The cache is written episode by episode as the
+reader yields them, so reading holds about one decoded episode in memory.
 
 `RobotDataset(episodes, horizon)` lists every usable (episode, step) pair; `raw(i)` gives the
 sample in robot units: images, state, the action chunk [H, Da] and the instruction.
@@ -16,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,8 @@ def _fingerprint(cfg: DatasetConfig, image_size: int) -> str:
     root = Path(cfg.path).resolve()
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     h = hashlib.sha1()
-    ignored = {"name": "", "weight": 0, "val_episodes": 0, "min_quantile_range": 0}  # not used in reading
+    ignored = {"name": "", "weight": 0, "val_episodes": 0, "min_quantile_range": 0,
+               "norm_stats": ""}  # not used in reading
     h.update(json.dumps({"v": CACHE_VERSION, "cfg": dataclasses.asdict(cfg) | ignored,
                          "size": image_size, "root": str(root)}, sort_keys=True).encode())
     if cfg.type == "rosbag":
@@ -45,13 +48,14 @@ def _fingerprint(cfg: DatasetConfig, image_size: int) -> str:
     return h.hexdigest()[:16]
 
 
-def _read(cfg: DatasetConfig, image_size: int) -> tuple[list[Episode], LoadReport]:
+def _episodes(cfg: DatasetConfig, image_size: int, report: LoadReport) -> Iterator[Episode]:
+    """The dataset's episodes one at a time (so the cache is written as they come and memory holds
+    about one episode); counts and skipped episodes go into `report`."""
     if cfg.type == "rosbag":
         from ki_vla_ros.data.bags import find_bags, read_bag_episodes
         from ki_vla_ros.embodiment import load_embodiment
 
         emb = load_embodiment(cfg.embodiment)
-        episodes, report = [], LoadReport(cfg.path)
         bags = find_bags(cfg.path)
         if cfg.max_episodes:
             bags = bags[: cfg.max_episodes]
@@ -64,42 +68,48 @@ def _read(cfg: DatasetConfig, image_size: int) -> tuple[list[Episode], LoadRepor
                     raise
                 report.skipped.append(str(exc))
                 continue
-            episodes += eps
             report.add(rep)
-        return episodes, report
-    if cfg.type == "lerobot":
-        from ki_vla_ros.data.lerobot import read_lerobot
+            yield from eps
+    elif cfg.type == "lerobot":
+        from ki_vla_ros.data.lerobot import iter_lerobot
 
-        return read_lerobot(cfg.path, image_size, cfg.cameras or None, cfg.state_key, cfg.action_key,
-                            cfg.max_episodes, cfg.on_error)
-    raise ValueError(f"{cfg.name}: type {cfg.type!r} is not a robot dataset")
+        yield from iter_lerobot(cfg.path, image_size, cfg.cameras or None, cfg.state_key, cfg.action_key,
+                                cfg.max_episodes, cfg.on_error, report)
+    else:
+        raise ValueError(f"{cfg.name}: type {cfg.type!r} is not a robot dataset")
 
 
 def load_robot_episodes(cfg: DatasetConfig, image_size: int, cache_dir: str | Path | None,
                         log=print) -> tuple[list[Episode], LoadReport]:
+    report = LoadReport(cfg.path)
     if not cache_dir:
-        return _read(cfg, image_size)
+        return list(_episodes(cfg, image_size, report)), report
     key = _fingerprint(cfg, image_size)
     folder = Path(cache_dir) / f"{cfg.name}-{key}"
     if (folder / "index.json").is_file():
         return _load_cache(folder)
     log(f"[data] reading {cfg.type} dataset '{cfg.name}' from {cfg.path} (cache: {folder})")
-    episodes, report = _read(cfg, image_size)
-    _save_cache(folder, episodes, report)
+    _save_cache(folder, _episodes(cfg, image_size, report), report)
     return _load_cache(folder)
 
 
-def _save_cache(folder: Path, episodes: list[Episode], report: LoadReport) -> None:
+def _save_cache(folder: Path, episodes: Iterable[Episode], report: LoadReport) -> None:
+    """Write the episodes as they come, then the index (with `report`, complete by then)."""
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    index = {"report": report.to_dict(), "episodes": []}
-    for i, e in enumerate(episodes):
-        np.save(tmp / f"ep{i:05d}_images.npy", e.images)
-        np.savez(tmp / f"ep{i:05d}.npz", image_mask=e.image_mask, state=e.state, actions=e.actions, valid=e.valid)
-        index["episodes"].append({"source": e.source, "instruction": e.instruction, "camera_names": e.camera_names,
-                                  "state_names": e.state_names, "action_names": e.action_names,
-                                  "control_rate_hz": e.control_rate_hz})
+    index = {"episodes": []}
+    try:
+        for i, e in enumerate(episodes):
+            np.save(tmp / f"ep{i:05d}_images.npy", e.images)
+            np.savez(tmp / f"ep{i:05d}.npz", image_mask=e.image_mask, state=e.state, actions=e.actions, valid=e.valid)
+            index["episodes"].append({"source": e.source, "instruction": e.instruction, "camera_names": e.camera_names,
+                                      "state_names": e.state_names, "action_names": e.action_names,
+                                      "control_rate_hz": e.control_rate_hz})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a broken dataset leaves no half-written cache
+        raise
+    index["report"] = report.to_dict()
     (tmp / "index.json").write_text(json.dumps(index))
     try:
         tmp.rename(folder)

@@ -21,6 +21,7 @@ import numpy as np
 from ki_vla_ros.configio import dump_config, load_config
 from ki_vla_ros.data.errors import DatasetError
 from ki_vla_ros.data.examples import ExampleBuilder
+from ki_vla_ros.data.lerobot import dataset_norm_stats
 from ki_vla_ros.data.mixture import MixtureSampler
 from ki_vla_ros.data.robot import RobotDataset, load_robot_episodes, split_episodes
 from ki_vla_ros.data.vlm import load_vlm_jsonl, read_image, split_by_image
@@ -258,8 +259,17 @@ def _fit_assets(cfg, assets: Path, names, kinds, trains, export, reports, log) -
         if k == "vlm":
             continue
         s, a = ds.state_action_rows()
-        r = dcfg[n].min_quantile_range
-        norm[n] = NormStats(QuantileStats.compute(s, r), QuantileStats.compute(a, r))
+        d = dcfg[n]
+        if d.norm_stats == "dataset":
+            norm[n] = dataset_norm_stats(d.path, d.state_key, d.action_key)
+            if (norm[n].state.dim, norm[n].actions.dim) != (s.shape[1], a.shape[1]):
+                raise DatasetError(Path(d.path) / "meta" / "stats.json",
+                                   f"statistics for {norm[n].state.dim} state / {norm[n].actions.dim} action dims, "
+                                   f"the data has {s.shape[1]} / {a.shape[1]}")
+            log(f"[data] {n}: normalisation statistics from {d.path}/meta/stats.json")
+        else:
+            norm[n] = NormStats(QuantileStats.compute(s, d.min_quantile_range),
+                                QuantileStats.compute(a, d.min_quantile_range))
         norm[n].save(assets / "norm_stats" / f"{n}.json")
         sdims.append(s.shape[1])
         adims.append(a.shape[1])
