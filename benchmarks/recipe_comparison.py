@@ -86,7 +86,7 @@ def main() -> None:
                  str(args.episodes), "--tasks", args.tasks, "--seed", str(args.eval_seed), "--out", str(eval_dir)],
                 out / f"{recipe}.eval.log")
             closed = json.loads((eval_dir / "results.json").read_text())
-            entry["closed_loop"] = closed["per_task"]["all"]
+            entry["closed_loop"] = closed["overall"]
         results[recipe] = entry
         print(json.dumps({recipe: entry}), flush=True)
 

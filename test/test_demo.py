@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ki_vla_ros.ros.demo import DemoError, EpisodeResult, format_table, resolve_model, summarize
+from ki_vla_ros.ros.demo import DemoError, EpisodeResult, eval_main, format_table, resolve_model, summarize
 
 pytest.importorskip("rclpy")
 
@@ -44,14 +44,27 @@ def test_default_model_resolves_and_missing_model_explains_how_to_make_one(tmp_p
     assert "ki-vla init-model" in str(info.value) and "--model" in str(info.value)
 
 
-def test_summary_table():
-    def ep(task, seed, ok, followed):
-        return EpisodeResult(task, "x", seed, ok, followed, 1.0, 1.0, 1, 2, None, None, None, None, 1.0, 0.1, 0.0, 0)
+def test_summary_per_task_per_instruction_and_overall():
+    def ep(task, seed, ok, followed, said="x"):
+        return EpisodeResult(task, said, seed, ok, followed, 1.0, 1.0, 1, 2, None, None, None, None, 1.0, 0.1, 0.0, 0)
 
-    table = summarize([ep("a", 0, True, True), ep("a", 1, False, True), ep("b", 0, False, False)])
-    assert table["a"]["success_rate"] == 0.5 and table["a"]["instruction_following_rate"] == 1.0
-    assert table["all"]["episodes"] == 3 and table["all"]["success_rate"] == pytest.approx(1 / 3)
-    assert "a" in format_table(table)
+    s = summarize([ep("a", 0, True, True, "grab it"), ep("a", 1, False, True, "lift it"),
+                   ep("a", 2, True, False, "grab it"), ep("b", 0, False, False)])
+    assert s["overall"]["episodes"] == 4 and s["overall"]["success_rate"] == 0.5
+    assert s["overall"]["instruction_following_rate"] == 0.5 and s["overall"]["seeds"] == [0, 1, 2]
+    a = s["per_task"]["a"]
+    assert a["success_rate"] == pytest.approx(2 / 3) and a["instruction_following_rate"] == pytest.approx(2 / 3)
+    assert a["instructions"] == ["grab it", "lift it"] and s["per_task"]["b"]["instructions"] == ["x"]
+    grab, lift = s["per_instruction"]["a"]["grab it"], s["per_instruction"]["a"]["lift it"]
+    assert (grab["episodes"], grab["success_rate"], grab["instruction_following_rate"]) == (2, 1.0, 0.5)
+    assert grab["seeds"] == [0, 2]
+    assert (lift["episodes"], lift["success_rate"], lift["instruction_following_rate"]) == (1, 0.0, 1.0)
+    lines = format_table(s).splitlines()
+    assert lines[1].split() == ["a", "3", "67%", "67%", "1.00"]
+    assert lines[2].split()[:4] == ["2", "100%", "50%", "1.00"] and lines[2].endswith("'grab it'")
+    assert lines[3].endswith("'lift it'") and lines[4].split()[0] == "b" and lines[5].split()[:3] == ["all", "4", "50%"]
+    assert len(lines) == 6  # b has one instruction: no extra row
+    assert summarize([]) == {"overall": {}, "per_task": {}, "per_instruction": {}}
 
 
 @pytest.mark.dds
@@ -82,20 +95,40 @@ def test_demo_runs_an_episode_and_saves_video_and_plot(tiny_model, ros_env, tmp_
 @pytest.mark.slow
 def test_eval_two_tasks_table_json_csv(tiny_model, ros_env, tmp_path):
     out = tmp_path / "eval"
+    said = ["grab the red block with the left hand", "could you lift the red cube with the left gripper?"]
+    (tmp_path / "instr.json").write_text(json.dumps({"pick_red_left": said}))
     proc = _run(["eval", "--model", str(tiny_model), "--tasks", "pick_red_left,handover_blue_right_to_left",
-                 "--episodes", "2", "--seed", "5", "--duration", "0.5", "--image-size", "64",
+                 "--instructions", str(tmp_path / "instr.json"),
+                 "--episodes", "3", "--seed", "5", "--duration", "0.5", "--image-size", "64",
                  "--camera-every", "2", "--out", str(out)], ros_env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "success" in proc.stdout and "handover_blue_right_to_left" in proc.stdout
     res = json.loads((out / "results.json").read_text())
-    assert [e["seed"] for e in res["episodes"]] == [5, 6, 5, 6]
-    assert res["per_task"]["pick_red_left"]["episodes"] == 2 and res["per_task"]["all"]["episodes"] == 4
+    assert [e["seed"] for e in res["episodes"]] == [5, 6, 7, 5, 6, 7]
+    handover = "hand the blue cube from the right arm to the left arm"
+    assert [e["instruction"] for e in res["episodes"]] == [*said, said[0], handover, handover, handover]
+    assert res["meta"]["instructions"] == {"pick_red_left": said, "handover_blue_right_to_left": [handover]}
+    assert res["per_task"]["pick_red_left"]["episodes"] == 3 and res["overall"]["episodes"] == 6
+    assert [v["episodes"] for v in res["per_instruction"]["pick_red_left"].values()] == [2, 1]
+    for key in ("success_rate", "instruction_following_rate"):
+        assert 0 <= res["overall"][key] <= 1 and key in res["per_task"]["handover_blue_right_to_left"]
     for e in res["episodes"]:
         assert e["sim_time_s"] == pytest.approx(0.5, abs=0.03)
-    assert len((out / "results.csv").read_text().strip().splitlines()) == 5
+    assert len((out / "results.csv").read_text().strip().splitlines()) == 7
 
 
 def test_eval_rejects_unknown_task():
     proc = subprocess.run([sys.executable, "-m", "ki_vla_ros.cli", "eval", "--tasks", "fly"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "unknown tasks" in proc.stderr
+
+
+def test_eval_rejects_a_bad_instructions_file_before_starting_anything(tmp_path):
+    bad = tmp_path / "instr.json"
+    bad.write_text('{"pick_red_left": ["grab it"], "fly": ["go"]}')
+    with pytest.raises(SystemExit) as info:
+        eval_main(["--instructions", str(bad), "--out", str(tmp_path / "out")])
+    assert info.value.code == 2 and not (tmp_path / "out").exists()
+    proc = subprocess.run([sys.executable, "-m", "ki_vla_ros.cli", "eval", "--instructions", str(bad)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and f"--instructions {bad}: unknown task 'fly'" in proc.stderr

@@ -332,12 +332,13 @@ class SimRig:
 
     # ------------------------------------------------------------------------------ episode
     def run_episode(self, task_name: str, seed: int, duration: float | None = None,
-                    wall_timeout: float | None = None) -> EpisodeResult:
-        """Reset the sim to (task, seed), send the task's instruction, start the policy, run until
-        success or ``duration`` sim seconds, stop the policy."""
+                    wall_timeout: float | None = None, instruction: str | None = None) -> EpisodeResult:
+        """Reset the sim to (task, seed), send the instruction (default: the task's canonical one),
+        start the policy, run until success or ``duration`` sim seconds, stop the policy."""
         from ki_vla_ros.sim.tasks import get_task
 
         task = get_task(task_name)
+        instruction = instruction or task.instruction
         duration = float(duration or DEFAULT_DURATION[task.kind])
         wall_timeout = wall_timeout or 120.0 + 40.0 * duration
         self._trigger(f"{POLICY_NODE}/stop")
@@ -350,7 +351,7 @@ class SimRig:
             self._reset_recording()
         diag0 = dict(self._diag)
         traj0 = int(self._status.get("trajectories", 0))
-        self.set_params(POLICY_NODE, instruction=task.instruction, seed=int(seed))
+        self.set_params(POLICY_NODE, instruction=instruction, seed=int(seed))
         wall0 = time.monotonic()
         self._rec_on = True
         self._trigger(f"{POLICY_NODE}/start")
@@ -368,9 +369,9 @@ class SimRig:
         time.sleep(0.6)  # one more diagnostics message with this episode's statistics
         diag = dict(self._diag)
         st["trajectories"] = int(st.get("trajectories", 0)) - traj0
-        return self._result(task, seed, st, diag, diag0, wall)
+        return self._result(task, instruction, seed, st, diag, diag0, wall)
 
-    def _result(self, task, seed, st, diag, diag0, wall) -> EpisodeResult:
+    def _result(self, task, instruction, seed, st, diag, diag0, wall) -> EpisodeResult:
         def num(d, k):
             try:
                 return float(d[k])
@@ -385,7 +386,7 @@ class SimRig:
         track = float(np.mean(np.abs(cmd - meas))) if len(meas) else None
         chunks_diag = (num(diag, "chunks_published") or 0) - (num(diag0, "chunks_published") or 0)
         return EpisodeResult(
-            task=task.name, instruction=task.instruction, seed=int(seed),
+            task=task.name, instruction=instruction, seed=int(seed),
             success=bool(st.get("success")), instruction_followed=bool(st.get("instruction_followed")),
             sim_time_s=float(st.get("episode_time", 0.0)), wall_time_s=round(wall, 2),
             chunks=int(max(chunks_diag, rec["chunks"])),
@@ -580,20 +581,32 @@ def demo_main(argv: list[str] | None = None) -> int:
 
 def eval_main(argv: list[str] | None = None) -> int:
     """`ki-vla eval`: closed-loop success and instruction following per task over seeded episodes."""
-    from ki_vla_ros.sim.tasks import TASK_NAMES
+    from ki_vla_ros.sim.tasks import TASK_NAMES, TASKS, read_instruction_file
 
     ap = argparse.ArgumentParser(prog="ki-vla eval", description=eval_main.__doc__.split(":", 1)[1].strip())
     ap.add_argument("--episodes", type=int, default=5, help="episodes per task (seeds S .. S+N-1) [5]")
-    ap.add_argument("--tasks", default="all", help=f"'all' or a comma list of {', '.join(TASK_NAMES)}")
+    ap.add_argument("--tasks", default=None, help=f"'all' or a comma list of {', '.join(TASK_NAMES)} "
+                    "[all; with --instructions: the file's tasks]")
+    ap.add_argument("--instructions", default="", metavar="FILE",
+                    help="JSON object {task: [instruction, ...]}: the episodes of a task cycle through its list "
+                         "(e.g. config/eval/heldout_phrasings.json); other tasks get their canonical instruction")
     ap.add_argument("--seed", type=int, default=900000,
                     help="first scene seed [900000: not among the training data seeds]")
     ap.add_argument("--out", default="outputs/eval", help="folder for results.json / results.csv / logs")
     _common_args(ap)
     opts = ap.parse_args(argv)
-    tasks = list(TASK_NAMES) if opts.tasks == "all" else [t.strip() for t in opts.tasks.split(",") if t.strip()]
+    try:
+        given = read_instruction_file(opts.instructions) if opts.instructions else {}
+    except ValueError as exc:
+        ap.error(f"--instructions {exc}")
+    if opts.tasks is None:
+        tasks = list(given) if given else list(TASK_NAMES)
+    else:
+        tasks = list(TASK_NAMES) if opts.tasks == "all" else [t.strip() for t in opts.tasks.split(",") if t.strip()]
     bad = [t for t in tasks if t not in TASK_NAMES]
     if bad or not tasks or opts.episodes < 1:
         ap.error(f"unknown tasks {bad}; choose from {', '.join(TASK_NAMES)}" if bad else "nothing to evaluate")
+    instructions = {t: list(given.get(t, [TASKS[t].instruction])) for t in tasks}
     out = Path(opts.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -606,22 +619,25 @@ def eval_main(argv: list[str] | None = None) -> int:
         rig.start()
         for task in tasks:
             for k in range(opts.episodes):
-                r = rig.run_episode(task, opts.seed + k, opts.duration)
+                said = instructions[task][k % len(instructions[task])]
+                r = rig.run_episode(task, opts.seed + k, opts.duration, instruction=said)
                 results.append(r)
                 print(f"  {task:<28} seed {r.seed:<5} success {int(r.success)}  followed "
-                      f"{int(r.instruction_followed)}  sim {r.sim_time_s:5.2f} s  chunks {r.chunks}", flush=True)
+                      f"{int(r.instruction_followed)}  sim {r.sim_time_s:5.2f} s  chunks {r.chunks}"
+                      + (f"  {said!r}" if given else ""), flush=True)
     except (DemoError, KeyboardInterrupt) as exc:
         print(f"ki-vla eval: failed: {exc}", file=sys.stderr)
         rig.close()
         return 1
     rig.close()
-    table = summarize(results)
-    print(format_table(table))
+    summary = summarize(results)
+    print(format_table(summary))
     meta = {"model": str(rig.model_dir), "backend": opts.backend, "episodes_per_task": opts.episodes,
             "first_seed": opts.seed, "duration": opts.duration, "image_size": opts.image_size,
-            "camera_every": opts.camera_every, "render_quality": opts.render_quality}
+            "camera_every": opts.camera_every, "render_quality": opts.render_quality,
+            "instructions_file": opts.instructions or None, "instructions": instructions}
     (out / "results.json").write_text(json.dumps(
-        {"meta": meta, "per_task": table, "episodes": [r.summary() for r in results]}, indent=2))
+        {"meta": meta, **summary, "episodes": [r.summary() for r in results]}, indent=2))
     with open(out / "results.csv", "w", newline="") as f:
         rows = [r.summary() for r in results]
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -631,35 +647,41 @@ def eval_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def summarize(results: list[EpisodeResult]) -> dict[str, dict]:
-    table: dict[str, dict] = {}
-    for name in dict.fromkeys(r.task for r in results):
-        rs = [r for r in results if r.task == name]
-        table[name] = {
-            "instruction": rs[0].instruction,
-            "episodes": len(rs),
+def _rates(rs: list[EpisodeResult]) -> dict:
+    return {"episodes": len(rs),
             "success_rate": sum(r.success for r in rs) / len(rs),
             "instruction_following_rate": sum(r.instruction_followed for r in rs) / len(rs),
             "mean_sim_time_s": float(np.mean([r.sim_time_s for r in rs])),
-            "seeds": [r.seed for r in rs],
-        }
-    if results:
-        table["all"] = {
-            "instruction": "",
-            "episodes": len(results),
-            "success_rate": sum(r.success for r in results) / len(results),
-            "instruction_following_rate": sum(r.instruction_followed for r in results) / len(results),
-            "mean_sim_time_s": float(np.mean([r.sim_time_s for r in results])),
-            "seeds": sorted({r.seed for r in results}),
-        }
-    return table
+            "seeds": sorted({r.seed for r in rs})}
 
 
-def format_table(table: dict[str, dict]) -> str:
+def summarize(results: list[EpisodeResult]) -> dict[str, dict]:
+    """``{"overall": rates, "per_task": {task: rates + instructions}, "per_instruction": {task:
+    {instruction: rates}}}``; rates: episodes, success_rate, instruction_following_rate,
+    mean_sim_time_s, seeds. Tasks and instructions in the order they were run."""
+    out: dict[str, dict] = {"overall": _rates(results) if results else {}, "per_task": {}, "per_instruction": {}}
+    for name in dict.fromkeys(r.task for r in results):
+        rs = [r for r in results if r.task == name]
+        said = list(dict.fromkeys(r.instruction for r in rs))
+        out["per_task"][name] = {**_rates(rs), "instructions": said}
+        out["per_instruction"][name] = {i: _rates([r for r in rs if r.instruction == i]) for i in said}
+    return out
+
+
+def format_table(summary: dict[str, dict]) -> str:
+    """Per task and overall; under a task evaluated with several instructions, one row each."""
+    def row(label, r):
+        return (f"{label:<28} {r['episodes']:>8} {r['success_rate']:>8.0%} {r['instruction_following_rate']:>9.0%} "
+                f"{r['mean_sim_time_s']:>6.2f}")
+
     lines = [f"{'task':<28} {'episodes':>8} {'success':>8} {'followed':>9} {'sim s':>6}"]
-    for name, row in table.items():
-        lines.append(f"{name:<28} {row['episodes']:>8} {row['success_rate']:>8.0%} "
-                     f"{row['instruction_following_rate']:>9.0%} {row['mean_sim_time_s']:>6.2f}")
+    for name, r in summary["per_task"].items():
+        lines.append(row(name, r))
+        per = summary["per_instruction"][name]
+        if len(per) > 1:
+            lines += [row("", ri) + f"  {i!r}" for i, ri in per.items()]
+    if summary["overall"]:
+        lines.append(row("all", summary["overall"]))
     return "\n".join(lines)
 
 
