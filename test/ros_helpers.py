@@ -105,7 +105,7 @@ def ros_environment(tmp_dir: Path) -> dict[str, str]:
 class Proc:
     """A child process with its output in a log file; stopped with SIGINT, then killed."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path, stdin: bool = False):
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, stdin: bool = False, cwd: Path = REPO):
         self.log_path = log
         self._log = open(log, "w")  # noqa: SIM115
         self.popen = subprocess.Popen(
@@ -115,7 +115,7 @@ class Proc:
             stderr=subprocess.STDOUT,
             text=True,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            cwd=str(REPO),
+            cwd=str(cwd),
         )
 
     def send(self, line: str) -> None:
@@ -172,6 +172,17 @@ def stand_in_cmd(*extra: str, embodiment: str = "aloha_bimanual"):
         "--stdin",
         *extra,
     ]
+
+
+# what a clean run and a clean SIGINT / SIGTERM never print (issue 15: publishing on a dead context)
+PROBLEMS = ("[ERROR]", "Traceback", "never retrieved", "Failed to publish", "context is invalid", "Exception")
+
+
+def problem_lines(output: str, expected: tuple[str, ...] = ()) -> list[str]:
+    """The lines of a process's output that report errors, except those containing one of
+    `expected` (an error the test provoked on purpose)."""
+    return [line for line in output.splitlines()
+            if any(p in line for p in PROBLEMS) and not any(e in line for e in expected)]
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
@@ -254,6 +265,21 @@ class Observer:
 
         req = GetParameters.Request(names=[name])
         return parameter_value_to_python(self.call(GetParameters, f"{node_name}/get_parameters", req).values[0])
+
+    def lifecycle(self, node_name: str, transition: str, timeout: float = 60.0) -> bool:
+        """Ask a managed node for a transition by label (configure, activate, deactivate, cleanup,
+        shutdown) through its lifecycle_msgs/ChangeState service; whether it succeeded."""
+        from lifecycle_msgs.srv import ChangeState
+
+        req = ChangeState.Request()
+        req.transition.label = transition
+        return self.call(ChangeState, f"{node_name}/change_state", req, timeout).success
+
+    def lifecycle_state(self, node_name: str) -> str:
+        """The managed node's state label (unconfigured, inactive, active, finalized) by GetState."""
+        from lifecycle_msgs.srv import GetState
+
+        return self.call(GetState, f"{node_name}/get_state").current_state.label
 
     def latest_diagnostics(self, topic: str = "/diagnostics", node_name: str = "policy_node") -> dict | None:
         msgs = self.received(topic)

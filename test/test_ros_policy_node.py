@@ -1,8 +1,9 @@
 """The policy node over real DDS: a robot stand-in process publishes cameras and joint states,
-the node runs in another process, this test process commands it and watches its outputs.
+the node runs in another process, this test process drives its lifecycle (lifecycle_msgs
+services), commands it and watches its outputs.
 
 One node and one stand-in serve the whole module (start-up and discovery take seconds); the
-tests run in file order and each leaves the node stopped or running as the next one expects.
+tests run in file order and each leaves the node in the state the next one expects.
 """
 
 import math
@@ -13,7 +14,15 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from ros_helpers import Observer, Proc, policy_node_cmd, ros_environment, stand_in_cmd, wait_until  # noqa: E402
+from ros_helpers import (  # noqa: E402
+    Observer,
+    Proc,
+    policy_node_cmd,
+    problem_lines,
+    ros_environment,
+    stand_in_cmd,
+    wait_until,
+)
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
@@ -61,12 +70,32 @@ class Rig:
 def rig(tmp_path_factory):
     r = Rig(tmp_path_factory.mktemp("ros_policy_node"))
     try:
-        ok = wait_until(lambda: r.obs.node.count_publishers(LEFT) > 0 and r.diag(), 30.0)
-        assert ok, "policy node not discovered\n" + r.logs()
+        assert wait_until(r.diag, 30.0), "policy node not discovered\n" + r.logs()  # diagnostics come unconfigured
         yield r
     finally:
         codes = r.close()
     assert codes[0] == 0, "policy node did not exit cleanly on SIGINT\n" + r.node.tail()
+    # the one error provoked on purpose: a configure with a policy class that does not exist
+    assert problem_lines(r.node.output(), expected=("NoSuchPolicy",)) == [], r.node.tail()
+
+
+def test_lifecycle_starts_unconfigured_configure_warms_up_activate_allows_start(rig):
+    assert rig.obs.lifecycle_state(NODE) == "unconfigured"
+    assert rig.diag()["state"] == "unconfigured"
+    res = rig.obs.call(Trigger, f"{NODE}/start")
+    assert not res.success and "unconfigured" in res.message
+    assert rig.obs.node.count_publishers(LEFT) == 0  # no robot interfaces before configure
+    assert rig.obs.lifecycle(NODE, "configure"), rig.logs()
+    assert rig.obs.lifecycle_state(NODE) == "inactive"
+    # the warm-up inference ran during configure (the scripted policy sleeps 30 ms per inference)
+    assert wait_until(lambda: rig.diag().get("state") == "inactive", 3.0), rig.diag()
+    assert float(rig.diag()["warmup_ms"]) >= 25.0, rig.diag()
+    assert wait_until(lambda: rig.obs.node.count_publishers(LEFT) > 0, 5.0)
+    res = rig.obs.call(Trigger, f"{NODE}/start")
+    assert not res.success and "inactive" in res.message
+    assert rig.obs.lifecycle(NODE, "activate")
+    assert rig.obs.lifecycle_state(NODE) == "active"
+    assert wait_until(lambda: rig.diag().get("state") == "idle", 3.0), rig.diag()
 
 
 def _assert_safe(msg):
@@ -196,6 +225,55 @@ def test_stop_returns_to_idle(rig):
     assert rig.chunks(LEFT, t_stop + 0.3) == []
 
 
+def test_deactivate_holds_where_commanded_and_start_is_refused(rig):
+    assert rig.obs.call(Trigger, f"{NODE}/start").success
+    t0 = time.monotonic()
+    assert wait_until(lambda: len(rig.chunks(LEFT, t0)) >= 2 and len(rig.chunks(RIGHT, t0)) >= 2, 10.0), rig.logs()
+    t_off = time.monotonic()
+    assert rig.obs.lifecycle(NODE, "deactivate")
+    assert rig.obs.lifecycle_state(NODE) == "inactive"
+
+    def holds(topic):
+        return [m for m in rig.obs.received(topic, t_off) if len(m.points) == 1]
+
+    assert wait_until(lambda: holds(LEFT) and holds(RIGHT), 3.0), rig.logs()
+    hold = holds(LEFT)[0]
+    _assert_safe(hold)
+    assert list(hold.points[0].velocities) == [0.0] * len(hold.joint_names)
+    # where the running chunk had the arm at that moment: on its path (joint 0 moves along the
+    # chunk; one velocity-limited step of slack for the part before its first point)
+    path = [p.positions[0] for p in rig.chunks(LEFT, t0)[-1].points]
+    assert min(path) - 0.07 <= hold.points[0].positions[0] <= max(path) + 0.07, (hold.points[0].positions, path)
+    time.sleep(1.0)
+    assert rig.chunks(LEFT, t_off + 0.3) == [] and rig.chunks(RIGHT, t_off + 0.3) == []
+    assert wait_until(lambda: rig.diag().get("state") == "inactive", 3.0), rig.diag()
+    res = rig.obs.call(Trigger, f"{NODE}/start")
+    assert not res.success and "inactive" in res.message
+    res = rig.obs.set_parameter(NODE, "embodiment", "mobile_aloha")
+    assert not res.successful and "unconfigured" in res.reason
+
+
+def test_cleanup_releases_and_a_failed_configure_leaves_the_node_unconfigured(rig):
+    assert rig.obs.lifecycle(NODE, "cleanup")
+    assert rig.obs.lifecycle_state(NODE) == "unconfigured"
+    assert wait_until(lambda: rig.obs.node.count_publishers(LEFT) == 0, 5.0)  # robot interfaces gone
+    assert rig.obs.set_parameter(NODE, "policy_class", "ros_helpers:NoSuchPolicy").successful
+    assert not rig.obs.lifecycle(NODE, "configure")
+    assert rig.obs.lifecycle_state(NODE) == "unconfigured"
+    assert rig.node.popen.poll() is None, rig.logs()  # no crash
+    assert wait_until(lambda: "NoSuchPolicy" in rig.diag().get("configure_error", ""), 3.0), rig.diag()
+    assert rig.diag()["_level"] == 2  # ERROR, with the reason
+    res = rig.obs.call(Trigger, f"{NODE}/start")
+    assert not res.success and "NoSuchPolicy" in res.message
+    # fixed in place: configure again, same process
+    assert rig.obs.set_parameter(NODE, "policy_class", "ros_helpers:ScriptedPolicy").successful
+    assert rig.obs.lifecycle(NODE, "configure") and rig.obs.lifecycle(NODE, "activate")
+    t0 = time.monotonic()
+    assert rig.obs.call(Trigger, f"{NODE}/start").success
+    assert wait_until(lambda: len(rig.chunks(LEFT, t0)) >= 2, 10.0), rig.logs()
+    assert rig.diag().get("configure_error", "") == ""
+
+
 def test_mobile_base_twist_clamped_and_zero_when_stale(tmp_path):
     from geometry_msgs.msg import Twist
 
@@ -215,6 +293,7 @@ def test_mobile_base_twist_clamped_and_zero_when_stale(tmp_path):
     obs.subscribe(Twist, "/cmd_vel")
     obs.subscribe(DiagnosticArray, "/diagnostics")
     try:
+        assert obs.lifecycle(NODE, "configure") and obs.lifecycle(NODE, "activate"), node.tail()
 
         def moving():
             msgs = obs.received("/cmd_vel")
@@ -232,7 +311,19 @@ def test_mobile_base_twist_clamped_and_zero_when_stale(tmp_path):
         late = obs.received("/cmd_vel", t_hold + 0.2)
         moving = [(m.linear.x, m.angular.z) for m in late if m.linear.x != 0.0 or m.angular.z != 0.0]
         assert not moving, f"the base kept moving on stale data: {moving[:5]}\n{node.tail()}"
+        # driving again, then the lifecycle shutdown: zero twist, and the process ends by itself
+        standin.send("camera cam_high on")
+
+        def driving():
+            return obs.received("/cmd_vel")[-1].linear.x != 0.0
+
+        assert wait_until(driving, 10.0), node.tail()
+        t_shut = time.monotonic()
+        assert obs.lifecycle(NODE, "shutdown")
+        assert wait_until(lambda: node.popen.poll() is not None, 15.0), node.tail()
+        assert obs.received("/cmd_vel", t_shut) and not driving(), node.tail()
     finally:
         obs.close()
         codes = node.stop(), standin.stop()
     assert codes[0] == 0, node.tail()
+    assert problem_lines(node.output()) == [], node.tail()

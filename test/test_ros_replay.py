@@ -10,7 +10,15 @@ import pytest
 
 pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from ros_helpers import Observer, Proc, ros_environment, tiny_model_dir, wait_until, write_aloha_bag  # noqa: E402
+from ros_helpers import (  # noqa: E402
+    Observer,
+    Proc,
+    problem_lines,
+    ros_environment,
+    tiny_model_dir,
+    wait_until,
+    write_aloha_bag,
+)
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 pytestmark = [pytest.mark.dds, pytest.mark.slow]
@@ -90,3 +98,4 @@ def test_bag_replays_into_node_run_by_cli(tmp_path):
             replay.stop()
         code = node.stop(timeout=15.0)
     assert code == 0, node.tail()
+    assert problem_lines(node.output()) == [], node.tail()  # SIGINT while running: a clean exit

@@ -24,7 +24,9 @@ def default_params_file() -> Path:
 
 def run_main(argv: list[str]) -> int:
     """`ki-vla run --embodiment NAME`: the policy node in this process, with the parameters the
-    launch files give it (the params YAML, then these overrides)."""
+    launch files give it (the params YAML, then these overrides), configured and activated (exit
+    code 1 with the reason when configure fails) unless --no-activate leaves that to a lifecycle
+    manager."""
     ap = argparse.ArgumentParser(prog="ki-vla run", description="Run the policy node (without ros2 launch).")
     ap.add_argument(
         "--embodiment", default="aloha_bimanual", help="name in config/embodiments/ or a YAML path"
@@ -39,6 +41,8 @@ def run_main(argv: list[str]) -> int:
     ap.add_argument("--namespace", default="", help="ROS namespace of the node")
     ap.add_argument("--node-name", default="policy_node")
     ap.add_argument("--use-sim-time", action="store_true", help="follow /clock")
+    ap.add_argument("--no-activate", action="store_true",
+                    help="leave the node unconfigured, for a lifecycle manager (ros2 lifecycle set ... configure)")
     ap.add_argument(
         "--params-file", default=None, help="ROS params YAML (default: config/ros/policy_node.yaml)"
     )
@@ -52,8 +56,7 @@ def run_main(argv: list[str]) -> int:
     )
     opts = ap.parse_args(argv)
 
-    from ki_vla_ros.configio import ConfigError
-    from ki_vla_ros.ros.policy_node import EXECUTOR_THREADS, PolicyNode
+    from ki_vla_ros.ros.policy_node import EXECUTOR_THREADS, STARTUP_ERRORS, PolicyNode
     from ki_vla_ros.ros.spin import run_node
 
     params_file = Path(opts.params_file) if opts.params_file else default_params_file()
@@ -74,8 +77,8 @@ def run_main(argv: list[str]) -> int:
     for p in opts.param:
         ros_args += ["-p", p]
     return run_node(lambda: PolicyNode(opts.node_name, namespace=opts.namespace), "ki-vla run",
-                    ["ki-vla", *ros_args], (ConfigError, ValueError, RuntimeError, OSError),
-                    num_threads=EXECUTOR_THREADS)
+                    ["ki-vla", *ros_args], STARTUP_ERRORS, num_threads=EXECUTOR_THREADS,
+                    start=None if opts.no_activate else PolicyNode.configure_and_activate)
 
 
 # --------------------------------------------------------------------------------- command

@@ -1,37 +1,54 @@
 """The policy node: cameras + joint states in, safe action chunks out, for one embodiment.
 
-Parameters (read-only after start unless noted):
-  embodiment (str)      name in config/embodiments/ or path to a YAML file [aloha_bimanual]
-  model (str)           model folder; '' = the embodiment's (relative to the package share dir)
-  backend (str)         torch | onnxruntime | tensorrt [torch]
-  policy_class (str)    '' = ki_vla_ros.runtime.Policy; 'module:Class' = custom policy hook
-  num_steps (int)       flow-matching integration steps [10]
-  threads (int)         intra-op threads for inference, 0 = the library's default (one per
+A managed (lifecycle) node, as nav2 and ros2_control nodes are:
+  unconfigured  parameters only (the configuration ones can be changed only here)
+  configure     loads the embodiment and the model, runs one warm-up inference on a synthetic
+                observation of the right shapes (no cold start on the first real chunk), creates
+                the robot interfaces -> inactive. A failure (no model, bad config) logs the reason
+                in one line and leaves the node unconfigured; fix it and configure again.
+  activate      ~/start is accepted -> active
+  deactivate    stops like ~/stop: the robot holds where it is commanded -> inactive
+  cleanup       frees the model and the robot interfaces -> unconfigured
+  shutdown      holds the robot if it was running, frees everything -> finalized (the process ends)
+The launch files and `ki-vla run` configure and activate it; the `policy_node` executable alone
+waits for a lifecycle manager (`ros2 lifecycle set /policy_node configure`, then `activate`).
+SIGINT / SIGTERM: a running node holds the robot, stops its inference thread and timers, exits 0.
+
+Parameters (the configuration ones, marked *, can be changed only while unconfigured):
+  embodiment* (str)     name in config/embodiments/ or path to a YAML file [aloha_bimanual]
+  model* (str)          model folder; '' = the embodiment's (relative to the package share dir)
+  backend* (str)        torch | onnxruntime | tensorrt [torch]
+  policy_class* (str)   '' = ki_vla_ros.runtime.Policy; 'module:Class' = custom policy hook
+  num_steps* (int)      flow-matching integration steps [10]
+  threads* (int)        intra-op threads for inference, 0 = the library's default (one per
                         core); on a machine shared with other processes (a simulator, drivers)
                         fewer threads keep inference latency steady [0]
   instruction (str)     the language command; settable at run time, validated (not empty,
                         at most max_instruction_chars) [""]
-  max_instruction_chars (int) [500]
-  autostart (bool)      start as soon as an instruction is set [false]
-  control_rate_hz, execute_steps, stale_timeout_s, max_inference_s: overrides of the
+  max_instruction_chars* (int) [500]
+  autostart (bool)      start as soon as an instruction is set (when active) [false]
+  control_rate_hz*, execute_steps*, stale_timeout_s, max_inference_s: overrides of the
                         embodiment (0 = use the embodiment's value)
   seed (int)            sampling seed, -1 = random [-1]
-  diagnostics_period_s (float) [0.5]
+  diagnostics_period_s (float) [0.5] (read-only)
   use_sim_time (bool)   follow /clock (standard)
 
-Interfaces: the embodiment's camera / JointState subscriptions (sensor-data QoS) and outputs;
-~/start, ~/stop (std_srvs/Trigger); ~/instruction (std_msgs/String); ~/action_chunk
-(std_msgs/Float64MultiArray, dims [horizon, action], the raw chunk in embodiment order);
-/diagnostics (diagnostic_msgs/DiagnosticArray).
+Interfaces: always ~/start, ~/stop (std_srvs/Trigger; start is refused unless active),
+~/instruction (std_msgs/String), /diagnostics (diagnostic_msgs/DiagnosticArray), the lifecycle
+services (~/change_state, ~/get_state, ...); once configured the embodiment's camera / JointState
+subscriptions (sensor-data QoS) and outputs, ~/action_chunk (std_msgs/Float64MultiArray, dims
+[horizon, action], the raw chunk in embodiment order).
 
-States: idle (not started; nothing is commanded), running, holding (started, but data is stale
-or invalid, inference overran, or a chunk was unsafe: no new commands, streamed outputs hold the
-last commanded position, the base gets zero twist; resumes by itself when the cause clears).
+States (diagnostics): unconfigured, inactive, idle (active, not started; nothing is commanded),
+running, holding (started, but data is stale or invalid, inference overran, or a chunk was
+unsafe: no new commands, streamed outputs hold the last commanded position, the base gets zero
+twist; resumes by itself when the cause clears).
 """
 
 from __future__ import annotations
 
 import collections
+import gc
 import sys
 import threading
 import time
@@ -41,10 +58,13 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.node import Node
+from rclpy.duration import Duration
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.serialization import deserialize_message
+from rclpy.subscription import Subscription
+from rclpy.timer import Timer
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
@@ -70,6 +90,11 @@ COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 # Every callback of this node is short (store bytes, publish, answer a service); inference runs in
 # a thread of its own. One executor thread does less Python work per message than several.
 EXECUTOR_THREADS = 1
+# what configure builds from: changeable only while the node is unconfigured
+CONFIG_PARAMS = ("embodiment", "model", "backend", "policy_class", "num_steps", "threads",
+                 "max_instruction_chars", "control_rate_hz", "execute_steps")
+STARTUP_ERRORS = (ConfigError, ValueError, RuntimeError, OSError)
+SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
 
 def validate_instruction(text: str, max_chars: int) -> str | None:
@@ -93,17 +118,20 @@ class _Latest:
     t: float | None = None  # reception time, node clock (s)
 
 
-class PolicyNode(Node):
-    def __init__(self, node_name: str = "policy_node", policy=None, **kwargs):
+class PolicyNode(LifecycleNode):
+    def __init__(self, node_name: str = "policy_node", **kwargs):
         super().__init__(node_name, **kwargs)
-        ro = ParameterDescriptor(read_only=True)
-        self.declare_parameter("embodiment", "aloha_bimanual", ro)
-        self.declare_parameter("model", "", ro)
-        self.declare_parameter("backend", "torch", ro)
-        self.declare_parameter("policy_class", "", ro)
-        self.declare_parameter("num_steps", 10, ro)
-        self.declare_parameter("threads", 0, ro)
-        self.declare_parameter("max_instruction_chars", 500, ro)
+
+        def conf(description: str) -> ParameterDescriptor:
+            return ParameterDescriptor(description=f"{description} (set while unconfigured)")
+
+        self.declare_parameter("embodiment", "aloha_bimanual", conf("name in config/embodiments/ or a YAML path"))
+        self.declare_parameter("model", "", conf("model folder; '' = the embodiment's"))
+        self.declare_parameter("backend", "torch", conf("torch | onnxruntime | tensorrt"))
+        self.declare_parameter("policy_class", "", conf("'' = ki_vla_ros.runtime.Policy; 'module:Class' = custom"))
+        self.declare_parameter("num_steps", 10, conf("flow-matching integration steps"))
+        self.declare_parameter("threads", 0, conf("inference threads, 0 = one per core"))
+        self.declare_parameter("max_instruction_chars", 500, conf("longest instruction accepted"))
         self.declare_parameter(
             "instruction",
             "",
@@ -112,55 +140,127 @@ class PolicyNode(Node):
             ),
         )
         self.declare_parameter("autostart", False)
-        self.declare_parameter("control_rate_hz", 0.0, ro)
-        self.declare_parameter("execute_steps", 0, ro)
+        self.declare_parameter("control_rate_hz", 0.0, conf("0 = the embodiment's"))
+        self.declare_parameter("execute_steps", 0, conf("0 = the embodiment's"))
         self.declare_parameter("stale_timeout_s", 0.0)
         self.declare_parameter("max_inference_s", 0.0)
         self.declare_parameter("seed", -1)
-        self.declare_parameter("diagnostics_period_s", 0.5, ro)
+        self.declare_parameter("diagnostics_period_s", 0.5, ParameterDescriptor(read_only=True))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
+        self.embodiment: Embodiment | None = None  # set by configure, as are the policy and the robot I/O
+        self.policy = None
+        self._configured = self._active = False
+        self.finished = False  # finalized: the process may end (ros/spin.py)
+        self.configure_error = ""
+        self._warmup_ms: float | None = None
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._entities: list = []  # subscriptions, publishers and timers made by configure
+        self._pubs: dict = {}
+        self._new_session()
+
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
+        self.create_service(Trigger, "~/start", self._on_start)
+        self.create_service(Trigger, "~/stop", self._on_stop)
+        self.create_subscription(String, "~/instruction", self._on_instruction_topic, 10)
+        self.create_timer(float(self._p("diagnostics_period_s")), self._publish_diagnostics)
+        self.get_logger().info("unconfigured: waiting for configure (lifecycle)")
+
+    # -------------------------------------------------------------------------------- lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except Exception as exc:  # noqa: BLE001 - any failure leaves the node unconfigured, with the reason
+            expected = isinstance(exc, (ConfigError, ValueError, OSError))
+            self.configure_error = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"configure failed: {self.configure_error}")
+            self._release()
+            return FAILURE
+        self.configure_error = ""
+        return SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = True
+        self.get_logger().info("active: idle until an instruction and ~/start")
+        if self._p("autostart") and self._p("instruction"):
+            self._set_running(True)
+        return SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._set_running(False)  # as ~/stop: the robot holds where it is commanded
+        self._active = False
+        self.get_logger().info("inactive: ~/start is refused until activate")
+        return SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().info("unconfigured: model and robot interfaces released")
+        return SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._running:
+            self._set_running(False)
+            for pub in self._pubs.values():  # the hold reaches the controllers before we go
+                pub.wait_for_all_acked(Duration(seconds=1.0))
+        self._active = False
+        self._release()
+        self.finished = True
+        return SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        self._release()
+        return SUCCESS  # -> unconfigured
+
+    def configure_and_activate(self) -> None:
+        """Both transitions in this process (`ki-vla run`); ConfigError with the reason if one fails."""
+        if self.trigger_configure() != SUCCESS:
+            raise ConfigError(f"configure failed: {self.configure_error}")
+        if self.trigger_activate() != SUCCESS:
+            raise ConfigError("activate failed")
+
+    def shutdown(self) -> None:
+        """Before the node is destroyed (SIGINT / SIGTERM, ros/spin.py): the shutdown transition
+        unless it happened already (finalized)."""
+        if not self.finished:
+            self.trigger_shutdown()
+
+    def lifecycle_state(self) -> str:
+        return self._state_machine.current_state[1]
+
+    def _configure(self) -> None:
         emb = load_embodiment(self._p("embodiment"))
         if self._p("control_rate_hz") > 0:
             emb.control_rate_hz = float(self._p("control_rate_hz"))
         if self._p("execute_steps") > 0:
             emb.execute_steps = int(self._p("execute_steps"))
-        self.embodiment: Embodiment = emb
-        self.max_chars = int(self._p("max_instruction_chars"))
+        self.embodiment = emb
         initial = self._p("instruction")
         if initial and validate_instruction(initial, self.max_chars):
             raise ConfigError(f"parameter 'instruction': {validate_instruction(initial, self.max_chars)}")
-        self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        if policy is None:
-            model_dir = resolve_model_dir(self._p("model"), emb)
-            self.get_logger().info(f"loading policy from {model_dir} (backend {self._p('backend')})")
-            policy = load_policy(
-                model_dir,
-                backend=self._p("backend"),
-                num_steps=int(self._p("num_steps")),
-                policy_class=self._p("policy_class"),
-                threads=int(self._p("threads")),
+        model_dir = resolve_model_dir(self._p("model"), emb)
+        if not self._p("policy_class") and not model_dir.exists():
+            model = self._p("model") or emb.model
+            raise ConfigError(
+                f"model folder {model} not found: make one with `ki-vla init-model {model} --embodiment "
+                f"{emb.name}` (random weights, for commissioning) or pass model:=DIR"
             )
-        self.policy = policy
-        self.mapper = LayoutMapper(emb, policy)
+        self.get_logger().info(f"loading policy from {model_dir} (backend {self._p('backend')})")
+        self.policy = load_policy(
+            model_dir,
+            backend=self._p("backend"),
+            num_steps=int(self._p("num_steps")),
+            policy_class=self._p("policy_class"),
+            threads=int(self._p("threads")),
+        )
+        self.mapper = LayoutMapper(emb, self.policy)
         self.executor_ = ChunkExecutor(emb)
-
-        self._lock = threading.Lock()
-        self._cams = {c.name: _Latest() for c in emb.cameras}
-        self._states = {s.topic: _Latest() for s in emb.state}
-        self._running = False
-        self._status = "idle"
-        self._hold_reason = ""
-        self._holding = False
-        self._stopping = threading.Event()
-        self._wake = threading.Event()
-        self._stats = {"chunks_published": 0, "chunks_rejected": 0, "overruns": 0, "holds": 0}
-        self._last_reject = ""
-        self._infer_ms = collections.deque(maxlen=200)
-        self._latency_s = collections.deque(maxlen=200)
-        self._latency_est = 0.0
-        self._last_instruction_used = ""
-        self._next_infer_t = 0.0
+        self._warm_up()
+        self._new_session()
 
         # Sensor intake costs no Python work per message beyond storing its bytes: subscriptions
         # are raw (no deserialisation), only the newest message per source is kept, and it is
@@ -168,15 +268,15 @@ class PolicyNode(Node):
         # every message starved the inference thread of its own process (GIL).
         self._cam_types = {c.name: Image if c.message == "raw" else CompressedImage for c in emb.cameras}
         for cam in emb.cameras:
-            self.create_subscription(
+            self._entities.append(self.create_subscription(
                 self._cam_types[cam.name], cam.topic, self._intake_cb(self._cams[cam.name]),
                 qos_profile_sensor_data, raw=True,
-            )
+            ))
         self._state_joints = {s.topic: list(s.joints) for s in emb.state}
         for src in emb.state:
-            self.create_subscription(
+            self._entities.append(self.create_subscription(
                 JointState, src.topic, self._intake_cb(self._states[src.topic]), qos_profile_sensor_data, raw=True
-            )
+            ))
         self._pubs = {}
         for o in emb.outputs:
             if o.type == "joint_trajectory":
@@ -187,22 +287,72 @@ class PolicyNode(Node):
                 twist_type = Twist if o.twist_type == "Twist" else TwistStamped
                 self._pubs[o.name] = self.create_publisher(twist_type, o.topic, COMMAND_QOS)
         self._chunk_pub = self.create_publisher(Float64MultiArray, "~/action_chunk", COMMAND_QOS)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
-        self.create_service(Trigger, "~/start", self._on_start)
-        self.create_service(Trigger, "~/stop", self._on_stop)
-        self.create_subscription(String, "~/instruction", self._on_instruction_topic, 10)
+        self._entities += [*self._pubs.values(), self._chunk_pub]
         self._has_streamed = any(o.type != "joint_trajectory" for o in emb.outputs)
-        self.create_timer(emb.dt, self._control_tick)
-        self.create_timer(float(self._p("diagnostics_period_s")), self._publish_diagnostics)
+        self._entities.append(self.create_timer(emb.dt, self._control_tick))
 
+        self._stopping.clear()
         self._thread = threading.Thread(target=self._inference_loop, name="policy_inference", daemon=True)
         self._thread.start()
+        self._configured = True
         self.get_logger().info(
-            f"embodiment '{emb.name}': {len(emb.cameras)} cameras, {len(emb.state_names)} joints, "
-            f"{emb.action_dim}-D actions at {emb.control_rate_hz:g} Hz; idle until an instruction and ~/start"
+            f"inactive: embodiment '{emb.name}': {len(emb.cameras)} cameras, {len(emb.state_names)} joints, "
+            f"{emb.action_dim}-D actions at {emb.control_rate_hz:g} Hz; warm-up inference {self._warmup_ms:.0f} ms"
         )
-        if self._p("autostart") and initial:
-            self._set_running(True)
+
+    def _new_session(self) -> None:
+        """Fresh intake slots (one per source of the embodiment, none before configure), state and
+        counters."""
+        emb = self.embodiment
+        self._cams = {c.name: _Latest() for c in emb.cameras} if emb else {}
+        self._states = {s.topic: _Latest() for s in emb.state} if emb else {}
+        self._running = False
+        self._status = "idle"
+        self._hold_reason = ""
+        self._holding = False
+        self._stats = {"chunks_published": 0, "chunks_rejected": 0, "overruns": 0, "holds": 0}
+        self._last_reject = ""
+        self._infer_ms = collections.deque(maxlen=200)
+        self._latency_s = collections.deque(maxlen=200)
+        self._latency_est = 0.0
+        self._last_instruction_used = ""
+        self._next_infer_t = 0.0
+
+    def _warm_up(self) -> None:
+        """One inference on a synthetic observation (black images of each camera's size, zero
+        state): the first real chunk then pays no cold-start cost, and a policy whose outputs do
+        not fit the embodiment fails here rather than on the robot."""
+        sizes = {c.name: tuple(c.image_size) for c in self.embodiment.cameras}
+        images = {name: np.zeros((*sizes[name], 3), np.uint8) for name in self.mapper.camera_names}
+        state = self.mapper.state_for_policy(np.zeros(len(self.embodiment.state_names)))
+        obs = Observation(images=images, state=state, instruction=self._p("instruction") or "warm up", stamp=0.0)
+        wall0 = time.perf_counter()
+        out = self.policy.infer(obs, seed=0)
+        self._warmup_ms = (time.perf_counter() - wall0) * 1000.0
+        self.mapper.actions_for_embodiment(out.actions)
+
+    def _release(self) -> None:
+        """Stop the inference thread, destroy what configure made, drop the model."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10.0)
+            self._thread = None
+        with self._lock:
+            self._running = self._holding = False
+        for entity in self._entities:  # through the node, which drops them from its executor's wait set
+            if isinstance(entity, Subscription):
+                self.destroy_subscription(entity)
+            elif isinstance(entity, Timer):
+                self.destroy_timer(entity)
+            else:
+                self.destroy_publisher(entity)
+        self._entities, self._pubs = [], {}
+        self.policy = self.mapper = self.executor_ = self.embodiment = None
+        self._configured = self._active = False
+        self._warmup_ms = None
+        self._new_session()
+        gc.collect()
 
     # ---------------------------------------------------------------------------------- helpers
     def _p(self, name):
@@ -220,8 +370,15 @@ class PolicyNode(Node):
         return v if v > 0 else self.embodiment.safety.max_inference_s
 
     @property
+    def max_chars(self) -> int:
+        return int(self._p("max_instruction_chars"))
+
+    @property
     def status(self) -> str:
-        return self._status
+        """What the node is doing: unconfigured, inactive, idle, running or holding."""
+        if not self._configured:
+            return "unconfigured"
+        return self._status if self._active else "inactive"
 
     # -------------------------------------------------------------------------------- callbacks
     def _intake_cb(self, latest: _Latest):
@@ -249,6 +406,12 @@ class PolicyNode(Node):
 
     def _on_set_parameters(self, params):
         for p in params:
+            if p.name in CONFIG_PARAMS and self._configured:
+                return SetParametersResult(
+                    successful=False,
+                    reason=f"{p.name} can be changed only while the node is unconfigured (now {self.status}): "
+                    "deactivate and clean it up first",
+                )
             if p.name == "instruction":
                 reason = validate_instruction(p.value, self.max_chars)
                 if reason:
@@ -273,6 +436,11 @@ class PolicyNode(Node):
             self.get_logger().warning(f"instruction on ~/instruction refused: {result.reason}")
 
     def _on_start(self, request, response):
+        if not self._active:
+            why = f" (configure failed: {self.configure_error})" if self.configure_error else ""
+            response.success = False
+            response.message = f"the node is {self.status}{why}: configure and activate it first (lifecycle)"
+            return response
         if not self._p("instruction").strip():
             response.success, response.message = (
                 False,
@@ -291,7 +459,7 @@ class PolicyNode(Node):
 
     def _set_running(self, on: bool) -> None:
         with self._lock:
-            if on == self._running:
+            if on == self._running or (on and not self._active):
                 return
             self._running = on
         if on:
@@ -494,16 +662,22 @@ class PolicyNode(Node):
         now = self._now()
         st = DiagnosticStatus()
         st.name = f"{self.get_fully_qualified_name()}: policy"
-        st.hardware_id = self.embodiment.name
-        status = self._status
-        st.level = DiagnosticStatus.WARN if status == "holding" else DiagnosticStatus.OK
-        st.message = status + (f": {self._hold_reason}" if status == "holding" and self._hold_reason else "")
+        emb_name = self.embodiment.name if self.embodiment else self._p("embodiment")
+        st.hardware_id = emb_name
+        status = self.status
+        if self.configure_error:
+            st.level, st.message = DiagnosticStatus.ERROR, f"{status}: configure failed: {self.configure_error}"
+        else:
+            st.level = DiagnosticStatus.WARN if status == "holding" else DiagnosticStatus.OK
+            st.message = status + (f": {self._hold_reason}" if status == "holding" and self._hold_reason else "")
         infer = np.array(self._infer_ms) if self._infer_ms else np.zeros(1)
         lat = np.array(self._latency_s) * 1000 if self._latency_s else np.zeros(1)
         values = {
             "state": status,
             "hold_reason": self._hold_reason if status == "holding" else "",
-            "embodiment": self.embodiment.name,
+            "configure_error": self.configure_error,
+            "warmup_ms": "" if self._warmup_ms is None else f"{self._warmup_ms:.1f}",
+            "embodiment": emb_name,
             "instruction": self._p("instruction"),
             "last_chunk_instruction": self._last_instruction_used,
             "inference_ms_last": f"{infer[-1]:.1f}",
@@ -527,17 +701,12 @@ class PolicyNode(Node):
         arr.status = [st]
         self._diag_pub.publish(arr)
 
-    # ---------------------------------------------------------------------------------- shutdown
-    def shutdown(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5.0)
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node(PolicyNode, "policy_node", args, (ConfigError, ValueError, RuntimeError, OSError),
-                    num_threads=EXECUTOR_THREADS)
+    """The `policy_node` executable: unconfigured until a lifecycle manager (the launch files,
+    `ros2 lifecycle set`) configures and activates it."""
+    return run_node(PolicyNode, "policy_node", args, STARTUP_ERRORS, num_threads=EXECUTOR_THREADS)
 
 
 __all__ = ["PolicyNode", "main", "validate_instruction", "seconds_to_duration"]

@@ -1,50 +1,90 @@
-"""One way to run a node process: init, build the node, spin it, shut it down cleanly."""
+"""One way to run a node process: init, build the node, spin it, shut it down cleanly.
+
+SIGINT / SIGTERM only ask the spin loop to end. rclpy's own handlers would shut the context down
+inside the signal handler, while the node's threads and timers still publish (errors such as
+"publisher's context is invalid", log messages lost on /rosout, exceptions of destroyed entities
+never retrieved). Here the context stays valid until the node has stopped its threads and timers
+(``node.shutdown()``) and has been destroyed; only then is rclpy shut down.
+"""
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+POLL_S = 0.1  # how soon the spin loop notices a signal (Python runs handlers between callbacks)
+FINISH_GRACE_S = 0.5
 
 
-def spin_node(node: Node, num_threads: int = 4) -> None:
-    """Spin until shutdown: ``num_threads`` 1 is a single-threaded executor (the least Python work
-    per callback: for nodes whose callbacks are all short), more a multi-threaded one."""
+def spin_node(node: Node, num_threads: int = 4, stop: threading.Event | None = None) -> None:
+    """Spin until ``stop`` is set (by SIGINT / SIGTERM in run_node), the context is shut down, or
+    the node says it is ``finished`` (a managed node that reached `finalized`). ``num_threads`` 1
+    is a single-threaded executor (the least Python work per callback: for nodes whose callbacks
+    are all short), more a multi-threaded one."""
+    stop = stop or threading.Event()
     executor = SingleThreadedExecutor() if num_threads == 1 else MultiThreadedExecutor(num_threads=num_threads)
     executor.add_node(node)
+    finished_at = None
     try:
-        executor.spin()
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=POLL_S)
+            if getattr(node, "finished", False):
+                # a little longer, so the answer to the request that finished it gets out
+                finished_at = finished_at or time.monotonic()
+                if time.monotonic() - finished_at > FINISH_GRACE_S:
+                    break
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
-        # SIGINT / SIGTERM shut the context down; the executor may notice it as an invalid
-        # context rather than ExternalShutdownException. Anything else is a real error.
+        # the node shut the context down itself (e.g. the sim failed): the executor may notice it
+        # as an invalid context. Anything else is a real error.
         if rclpy.ok():
             raise
     finally:
         executor.shutdown(timeout_sec=2.0)
 
 
+def _stop_on_signals(stop: threading.Event) -> dict:
+    """SIGINT / SIGTERM set `stop` (main thread only; elsewhere the caller's handlers stay)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in STOP_SIGNALS}
+
+
 def run_node(make_node: Callable[[], Node], label: str, args: list[str] | None = None,
              startup_errors: tuple[type[BaseException], ...] = (ValueError, RuntimeError, OSError),
-             num_threads: int = 4) -> int:
-    """rclpy.init(args), node = make_node(), spin until shutdown; exit code 1 if the node could not
-    start (the error is printed after `label`) or reports `failed`, else 0."""
-    rclpy.init(args=args)
+             num_threads: int = 4, start: Callable[[Node], None] | None = None) -> int:
+    """rclpy.init(args), node = make_node(), ``start(node)`` if given (e.g. lifecycle transitions),
+    spin until SIGINT / SIGTERM, then ``node.shutdown()`` and destroy it while the context is still
+    valid. Exit code 1 if the node could not start (the error is printed after `label`) or reports
+    `failed`, else 0."""
+    stop = threading.Event()
+    previous = _stop_on_signals(stop)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     try:
         try:
             node = make_node()
+            if start is not None:
+                start(node)
         except startup_errors as exc:
             print(f"{label}: cannot start: {exc}", file=sys.stderr)
             return 1
-        spin_node(node, num_threads)
+        spin_node(node, num_threads, stop)
         return 1 if getattr(node, "failed", None) is not None else 0
     finally:
         if node is not None:
             node.shutdown()
             node.destroy_node()
         rclpy.try_shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
