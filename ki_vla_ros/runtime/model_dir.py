@@ -1,7 +1,8 @@
 """The model folder: the on-disk format every part of the project reads and writes.
 
     <model_dir>/
-      model.yaml              manifest: format version, ModelConfig, layout, recipe, flow steps
+      model.yaml              manifest: format version, ModelConfig, layout, recipe, flow steps, and
+                              `rtc` (action-prefix conditioning the weights were trained with)
       weights.safetensors     all parameters (never pickles)
       text_tokenizer.json     the text tokenizer (`tokenizers` JSON), or text_tokenizer.model
                               (a published SentencePiece model, e.g. an imported π0.5's Gemma one)
@@ -30,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from ki_vla_ros.configio import ConfigError, dump_config, load_config
 from ki_vla_ros.model import KIVLA, ModelConfig
+from ki_vla_ros.model.rtc import RtcConfig
 from ki_vla_ros.normalize import NormStats
 from ki_vla_ros.tokenize.naive import load_action_tokenizer
 from ki_vla_ros.tokenize.prompt import PromptBuilder
@@ -81,6 +83,8 @@ class Manifest:
     recipe: str = "ki"
     num_flow_steps: int = 10
     notes: dict[str, str] = field(default_factory=dict)
+    # trained with action prefixes (real-time chunking, model/rtc.py)? Off: the runtime ignores prefixes
+    rtc: RtcConfig = field(default_factory=RtcConfig)
 
     def validate(self) -> None:
         if self.format != FORMAT:
@@ -96,6 +100,7 @@ class Manifest:
                              f"{self.model.action_dim}")
         if self.num_flow_steps < 1:
             raise ValueError(f"num_flow_steps: must be >= 1, got {self.num_flow_steps}")
+        self.rtc.check_horizon(self.model.action_horizon)
 
 
 @dataclass
@@ -129,13 +134,15 @@ def file_sha256(path: Path) -> str:
 
 def save_model_dir(path: str | Path, model: KIVLA, layout: Layout, text_tokenizer: TextTokenizer,
                    action_tokenizer, norm_stats: NormStats, recipe: str = "ki", num_flow_steps: int = 10,
-                   notes: dict[str, str] | None = None, extra_files: dict[str, str] | None = None) -> Path:
+                   notes: dict[str, str] | None = None, extra_files: dict[str, str] | None = None,
+                   rtc: RtcConfig | None = None) -> Path:
     """Write a complete model folder atomically (temporary sibling, then rename over `path`)."""
     path = Path(path)
     if norm_stats.state.dim != len(layout.state_names) or norm_stats.actions.dim != len(layout.action_names):
         raise ValueError(f"norm stats have {norm_stats.state.dim} state / {norm_stats.actions.dim} action dims, "
                          f"the layout {len(layout.state_names)} / {len(layout.action_names)}")
-    manifest = Manifest(FORMAT, FORMAT_VERSION, model.config, layout, recipe, num_flow_steps, dict(notes or {}))
+    manifest = Manifest(FORMAT, FORMAT_VERSION, model.config, layout, recipe, num_flow_steps, dict(notes or {}),
+                        rtc or RtcConfig())
     manifest.validate()
     tmp = path.with_name(f".{path.name}.tmp")
     if tmp.exists():

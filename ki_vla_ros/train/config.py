@@ -13,6 +13,7 @@ from typing import Any, Literal
 from ki_vla_ros.data.config import DatasetConfig
 from ki_vla_ros.model.config import PRESETS
 from ki_vla_ros.model.recipes import RECIPES
+from ki_vla_ros.model.rtc import RtcConfig
 
 
 @dataclass
@@ -87,6 +88,8 @@ class TrainConfig:
     export_dataset: str = ""  # robot dataset whose layout + norm stats go into the model folder
     cache_dir: str = ""  # decoded-episode cache (default: <run_dir>/cache)
     tokenizers: TokenizerConfig = field(default_factory=TokenizerConfig)
+    # real-time chunking, training-time variant (model/rtc.py): {max_delay_steps, probability}; off
+    rtc: RtcConfig = field(default_factory=RtcConfig)
     progress: bool = True  # tqdm bar (rank 0)
     save_rank_params: bool = False  # debug: every rank writes its final parameters (DDP consistency test)
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from ki_vla_ros.configio import load_config
+from ki_vla_ros.configio import from_dict, load_config
 from ki_vla_ros.model import KIVLA, ModelConfig
+from ki_vla_ros.model.rtc import RtcConfig
 from ki_vla_ros.normalize import NormStats
 from ki_vla_ros.runtime.model_dir import Layout, save_model_dir
 from ki_vla_ros.tokenize.naive import load_action_tokenizer
@@ -61,4 +62,5 @@ def checkpoint_to_model_dir(checkpoint: str | Path, out: str | Path, use_ema: bo
     return save_model_dir(out, model, layout, TextTokenizer.load(text_file),
                           load_action_tokenizer(assets / "action_tokenizer.json"), norm, recipe=trainer["recipe"],
                           num_flow_steps=num_flow_steps or int(train_cfg.get("num_flow_steps", 10)), notes=notes,
-                          extra_files={"README.md": readme})
+                          extra_files={"README.md": readme},
+                          rtc=from_dict(RtcConfig, train_cfg.get("rtc", {}), str(path / "trainer.json"), "config.rtc"))

@@ -31,6 +31,7 @@ from torch import nn
 from ki_vla_ros.configio import dump_config, to_dict
 from ki_vla_ros.model import KIVLA
 from ki_vla_ros.model.recipes import get_recipe
+from ki_vla_ros.model.rtc import sample_prefix_len
 from ki_vla_ros.tokenize.prompt import collate
 from ki_vla_ros.train import checkpoint as ckpt
 from ki_vla_ros.train.config import TrainConfig
@@ -135,6 +136,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
 
     data = prepare_data(cfg, rank, fit_assets=not resume, barrier=barrier, log=say)
     recipe = get_recipe(cfg.recipe)
+    cfg.rtc.check_horizon(data.config.action_horizon)
     _seed_all(cfg.seed)  # identical initial weights on every rank
     model = KIVLA(data.config)
     init_weights(model, cfg.model.init, cfg.model.init_format, log=say)
@@ -211,6 +213,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         draws = data.sampler.draw(cfg.batch_size * world)
         mine = draws[rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
         batch = collate([data.example(d, i) for d, i in mine])
+        if cfg.rtc.enabled:  # simulated inference delays: action prefixes (model/rtc.py)
+            batch["prefix_len"] = sample_prefix_len(cfg.rtc, len(mine))
         return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
     def save(step_now: int) -> None:
