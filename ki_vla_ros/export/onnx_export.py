@@ -4,7 +4,10 @@
    state -> per-layer keys and values of the backbone and the prefix mask. Runs once per
    observation.
 2. ``flow_loop.onnx`` — the action expert's whole N-step Euler integration, unrolled: initial
-   noise, K/V cache and prefix mask -> action chunk (normalised). One engine call per chunk.
+   noise, K/V cache and prefix mask, and an action prefix (real-time chunking, model/rtc.py:
+   ``action_prefix`` [1, H, D], normalised, and ``action_prefix_len`` [1] int64 — how many of its
+   rows count; 0 = no prefix) -> action chunk (normalised). One graph serves every prefix length;
+   one engine call per chunk.
 3. ``expert_step.onnx`` — a single velocity evaluation (x_t, t, cache -> v), for debugging.
 
 The graphs are traced from the model's own `prefix_cache` and `flow_from_cache` /
@@ -27,11 +30,13 @@ from ki_vla_ros.model import KIVLA
 
 PREFIX_INPUTS = ["images", "image_mask", "tokens", "token_mask", "state"]
 PREFIX_OUTPUTS = ["k", "v", "prefix_mask"]
-FLOW_INPUTS = ["k", "v", "prefix_mask", "noise"]
+FLOW_INPUTS = ["k", "v", "prefix_mask", "noise", "action_prefix", "action_prefix_len"]
 FLOW_OUTPUTS = ["actions"]
 STEP_INPUTS = ["k", "v", "prefix_mask", "x_t", "t"]
 STEP_OUTPUTS = ["velocity"]
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# 2: the flow loop takes action_prefix / action_prefix_len. A version-1 export.json has no "version".
+EXPORT_VERSION = 2
 
 
 @dataclass
@@ -51,6 +56,7 @@ class ExportSpec:
     head_dim: int
     weights_sha256: str  # the weights the files were exported from; a mismatch means stale files
     precisions: list[str]
+    version: int = EXPORT_VERSION  # the graphs' interface (inputs and outputs)
 
     def file(self, part: str, precision: str = "fp32") -> str:
         suffix = "" if precision == "fp32" else f".{precision}"
@@ -63,7 +69,13 @@ class ExportSpec:
     @classmethod
     def load(cls, path: Path) -> ExportSpec:
         try:
-            return cls(**json.loads(path.read_text()))
+            data = json.loads(path.read_text())
+            version = data.get("version", 1) if isinstance(data, dict) else None
+            if version != EXPORT_VERSION:
+                raise ValueError(f"{path}: export version {version}, this ki_vla_ros needs {EXPORT_VERSION} (the "
+                                 f"flow loop takes an action prefix since version 2); re-export with "
+                                 f"`ki-vla export --model DIR`")
+            return cls(**data)
         except (OSError, json.JSONDecodeError, TypeError) as exc:
             raise ValueError(f"{path}: not a valid export description ({exc})") from None
 
@@ -84,9 +96,10 @@ class FlowLoop(nn.Module):
         super().__init__()
         self.model, self.num_steps, self.dtype = model, num_steps, dtype
 
-    def forward(self, k, v, prefix_mask, noise):
-        x = self.model.flow_from_cache(k.to(self.dtype), v.to(self.dtype), prefix_mask, noise.to(self.dtype),
-                                       self.num_steps)
+    def forward(self, k, v, prefix_mask, noise, action_prefix, action_prefix_len):
+        d = self.dtype
+        x = self.model.flow_from_cache(k.to(d), v.to(d), prefix_mask, noise.to(d), self.num_steps,
+                                       action_prefix.to(d), action_prefix_len)
         return x.float()
 
 
@@ -130,6 +143,8 @@ def export_onnx(model: KIVLA, out_dir: Path, num_cameras: int, prompt_tokens: in
     args = example_inputs(model, num_cameras, prompt_tokens)
     k, v, prefix_mask = model.prefix_cache(*args)
     noise = torch.randn(1, c.action_horizon, c.action_dim, generator=torch.Generator().manual_seed(1))
+    action_prefix = torch.randn(1, c.action_horizon, c.action_dim, generator=torch.Generator().manual_seed(2))
+    action_prefix_len = torch.full((1,), min(3, c.action_horizon), dtype=torch.long)  # traced: any length works
     t = torch.full((1,), 0.5)
     spec = ExportSpec(
         num_cameras=num_cameras, image_size=c.image_size, prompt_tokens=prompt_tokens, state_dim=c.state_dim,
@@ -145,7 +160,8 @@ def export_onnx(model: KIVLA, out_dir: Path, num_cameras: int, prompt_tokens: in
         cast = model if dtype == torch.float32 else _cast_copy(model, dtype)
         jobs = [
             ("prefix", PrefixEncoder(cast, dtype), args, PREFIX_INPUTS, PREFIX_OUTPUTS),
-            ("flow", FlowLoop(cast, num_steps, dtype), (k, v, prefix_mask, noise), FLOW_INPUTS, FLOW_OUTPUTS),
+            ("flow", FlowLoop(cast, num_steps, dtype), (k, v, prefix_mask, noise, action_prefix, action_prefix_len),
+             FLOW_INPUTS, FLOW_OUTPUTS),
             ("step", ExpertStep(cast, dtype), (k, v, prefix_mask, noise, t), STEP_INPUTS, STEP_OUTPUTS),
         ]
         for part, module, inputs, in_names, out_names in jobs:

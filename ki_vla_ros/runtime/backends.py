@@ -2,11 +2,14 @@
 
     cache = backend.prefix(images, image_mask, tokens, token_mask, state)   # once per observation
     actions = backend.flow(cache, noise)                                    # N Euler steps
+    actions = backend.flow(cache, noise, action_prefix, action_prefix_len)  # ... continuing a prefix
 
 Inputs are numpy arrays with a batch dimension of 1 (float32 images [1, V, 3, S, S], bool
 image_mask [1, V], int64 tokens [1, Lt], bool token_mask [1, Lt], float32 state [1, Ds],
-float32 noise [1, H, D]); `flow` returns float32 [1, H, D] normalised actions. The cache is
-opaque and stays where the backend computes (CPU tensors, ONNX Runtime arrays, CUDA buffers).
+float32 noise [1, H, D], float32 action_prefix [1, H, D] normalised, of which the first
+action_prefix_len rows count — model/rtc.py); `flow` returns float32 [1, H, D] normalised
+actions, whose first action_prefix_len rows are the prefix. The cache is opaque and stays where
+the backend computes (CPU tensors, ONNX Runtime arrays, CUDA buffers).
 """
 
 from __future__ import annotations
@@ -45,17 +48,32 @@ class TorchBackend:
         return self._prefix(*args)
 
     @torch.no_grad()
-    def flow(self, cache, noise: np.ndarray) -> np.ndarray:
+    def flow(self, cache, noise: np.ndarray, action_prefix: np.ndarray | None = None,
+             action_prefix_len: int = 0) -> np.ndarray:
         k, v, prefix_mask = cache
-        x = self._flow(k, v, prefix_mask, torch.as_tensor(noise).to(self.device), self.num_steps)
+        prefix = prefix_len = None
+        if action_prefix is not None:
+            prefix = torch.as_tensor(action_prefix).to(self.device)
+            prefix_len = torch.full((1,), int(action_prefix_len), dtype=torch.long, device=self.device)
+        x = self._flow(k, v, prefix_mask, torch.as_tensor(noise).to(self.device), self.num_steps, prefix, prefix_len)
         return x.float().cpu().numpy()
+
+
+def prefix_inputs(noise: np.ndarray, action_prefix: np.ndarray | None, action_prefix_len: int):
+    """The exported flow loop's action-prefix inputs: float32 [1, H, D] and int64 [1] (zeros: none)."""
+    prefix = np.zeros_like(noise, np.float32) if action_prefix is None else action_prefix.astype(np.float32)
+    length = np.array([0 if action_prefix is None else int(action_prefix_len)], np.int64)
+    return prefix, length
 
 
 def _check_export(onnx_dir: Path, weights_sha256: str, num_steps: int) -> ExportSpec:
     spec_path = onnx_dir / "export.json"
     if not spec_path.is_file():
         raise BackendError(f"{spec_path}: missing; export the model first (`ki-vla export --model DIR`)")
-    spec = ExportSpec.load(spec_path)
+    try:
+        spec = ExportSpec.load(spec_path)
+    except ValueError as exc:
+        raise BackendError(str(exc)) from None
     if spec.weights_sha256 != weights_sha256:
         raise BackendError(f"{onnx_dir}: the ONNX files were exported from other weights; "
                            "re-export with `ki-vla export --model DIR`")
@@ -92,9 +110,11 @@ class OnnxRuntimeBackend:
         feeds = dict(zip(PREFIX_INPUTS, (images, image_mask, tokens, token_mask, state)))
         return self.prefix_session.run(None, {k: v for k, v in feeds.items() if k in self._prefix_inputs})
 
-    def flow(self, cache, noise: np.ndarray) -> np.ndarray:
+    def flow(self, cache, noise: np.ndarray, action_prefix: np.ndarray | None = None,
+             action_prefix_len: int = 0) -> np.ndarray:
         k, v, prefix_mask = cache
-        feeds = dict(zip(FLOW_INPUTS, (k, v, prefix_mask, noise.astype(np.float32))))
+        prefix, length = prefix_inputs(noise, action_prefix, action_prefix_len)
+        feeds = dict(zip(FLOW_INPUTS, (k, v, prefix_mask, noise.astype(np.float32), prefix, length)))
         return self.flow_session.run(None, feeds)[0]
 
 
@@ -122,6 +142,7 @@ class TensorRTBackend:
             "k": (s.depth, 1, s.prefix_len, s.num_kv_heads, s.head_dim),
             "v": (s.depth, 1, s.prefix_len, s.num_kv_heads, s.head_dim),
             "prefix_mask": (1, s.prefix_len), "noise": (1, s.action_horizon, s.action_dim),
+            "action_prefix": (1, s.action_horizon, s.action_dim), "action_prefix_len": (1,),
         }
         engines = {}
         for part in ("prefix", "flow"):
@@ -137,7 +158,10 @@ class TensorRTBackend:
                                  state=state)
         return out["k"].clone(), out["v"].clone(), out["prefix_mask"].clone()  # the cache stays on the GPU
 
-    def flow(self, cache, noise: np.ndarray) -> np.ndarray:
+    def flow(self, cache, noise: np.ndarray, action_prefix: np.ndarray | None = None,
+             action_prefix_len: int = 0) -> np.ndarray:
         k, v, prefix_mask = cache
-        out = self.flow_engine(k=k, v=v, prefix_mask=prefix_mask, noise=noise)
+        prefix, length = prefix_inputs(noise, action_prefix, action_prefix_len)
+        out = self.flow_engine(k=k, v=v, prefix_mask=prefix_mask, noise=noise, action_prefix=prefix,
+                               action_prefix_len=length)
         return out["actions"].float().cpu().numpy()

@@ -9,6 +9,13 @@ The backbone runs once per observation (the prefix pass leaves per-layer K/V); t
 then integrates the flow over that cache (`num_steps` Euler steps from t = 1, noise, to t = 0).
 Noise comes from a numpy generator seeded per call (`seed`) or owned by the policy (`rng_seed`),
 so runs can be reproduced; `noise=` overrides it exactly.
+
+Real-time chunking (model/rtc.py): `infer(obs, action_prefix=A)` with A [d, action_dim] in robot
+units (the policy's action order) — the actions the robot executes while this inference runs —
+returns a chunk whose first d actions are A (up to float32 rounding through the normalisation)
+and whose rest continues them. Only a model trained with action prefixes (model.yaml `rtc`) can
+use one: `max_action_prefix` is its largest trained delay, 0 for any other model, which ignores
+the prefix (no inference-time guidance here). A longer prefix is cut to `max_action_prefix`.
 """
 
 from __future__ import annotations
@@ -73,6 +80,12 @@ class Policy:
     def control_rate_hz(self) -> float:
         return self.layout.control_rate_hz
 
+    @property
+    def max_action_prefix(self) -> int:
+        """Longest action prefix the model was trained to continue; 0: it ignores prefixes."""
+        rtc = self.bundle.manifest.rtc
+        return rtc.max_delay_steps if rtc.enabled else 0
+
     # ---- inference -----------------------------------------------------------------------------
     def model_inputs(self, obs: Observation) -> tuple[np.ndarray, ...]:
         """Observation -> (images, image_mask, tokens, token_mask, state), batch of 1, as the
@@ -101,16 +114,36 @@ class Policy:
         c = self.config
         return rng.standard_normal((1, c.action_horizon, c.action_dim)).astype(np.float32)
 
-    def infer(self, obs: Observation, seed: int | None = None, noise: np.ndarray | None = None) -> PolicyOutput:
+    def prefix_for_model(self, action_prefix: np.ndarray) -> tuple[np.ndarray | None, int]:
+        """Robot-unit prefix [d, n_actions] -> (normalised, zero-padded [1, H, D] float32, length), cut
+        to `max_action_prefix`; (None, 0) for a model without prefix training or an empty prefix.
+        Raises ValueError on a wrong shape or NaN/inf."""
+        names = self.layout.action_names
+        prefix = np.asarray(action_prefix, np.float64)
+        if prefix.ndim != 2 or prefix.shape[1] != len(names) or len(prefix) > self.action_horizon:
+            raise ValueError(f"action_prefix has shape {prefix.shape}, the model needs [d <= "
+                             f"{self.action_horizon}, {len(names)}] in the order {names}")
+        if not np.isfinite(prefix).all():
+            raise ValueError("action_prefix contains NaN or inf")
+        d = min(len(prefix), self.max_action_prefix)
+        if d == 0:
+            return None, 0
+        out = np.zeros((1, self.config.action_horizon, self.config.action_dim), np.float32)
+        out[0, :d, : len(names)] = self.bundle.norm_stats.actions.normalize(prefix[:d])
+        return out, d
+
+    def infer(self, obs: Observation, seed: int | None = None, noise: np.ndarray | None = None,
+              action_prefix: np.ndarray | None = None) -> PolicyOutput:
         t0 = time.perf_counter()
         inputs = self.model_inputs(obs)
         noise = self.draw_noise(seed) if noise is None else np.asarray(noise, np.float32).reshape(
             1, self.config.action_horizon, self.config.action_dim)
+        prefix, prefix_len = (None, 0) if action_prefix is None else self.prefix_for_model(action_prefix)
         t1 = time.perf_counter()
         cache = self.backend.prefix(*inputs)
         _sync(cache)
         t2 = time.perf_counter()
-        actions_norm = self.backend.flow(cache, noise)[0]
+        actions_norm = self.backend.flow(cache, noise, prefix, prefix_len)[0]
         t3 = time.perf_counter()
         n = len(self.layout.action_names)
         actions = self.bundle.norm_stats.actions.denormalize(actions_norm[:, :n].astype(np.float64))
