@@ -48,14 +48,16 @@ def init_model_dir(out: str | Path, layout: Layout, preset: str = "tiny", seed: 
     ns, na = len(layout.state_names), len(layout.action_names)
     overrides.setdefault("state_dim", max(ModelConfig.preset(preset).state_dim, _pad8(ns)))
     overrides.setdefault("action_dim", max(ModelConfig.preset(preset).action_dim, _pad8(na)))
-    # text state: about two tokens per dimension plus the instruction
-    overrides.setdefault("max_prefix_tokens", max(ModelConfig.preset(preset).max_prefix_tokens, 2 * ns + 32))
+    # text state (padded to state_dim by the prompt builder): about two tokens per number, the
+    # instruction and ";\nAction: "
+    overrides.setdefault("max_prefix_tokens", max(ModelConfig.preset(preset).max_prefix_tokens,
+                                                  2 * overrides["state_dim"] + 40))
     config = ModelConfig.preset(preset, **overrides)
     torch.manual_seed(seed)
     model = KIVLA(config)
 
-    numbers = " ".join(str(b) for b in range(config.state_bins))
-    texts = [f"Task: {i}, State: {numbers};\n" for i in instructions] * 4
+    numbers = " ".join(str(b) for b in range(-1, config.state_bins))
+    texts = [f"Task: {i}, State: {numbers};\nAction: " for i in instructions] * 4
     text_tok = TextTokenizer.train(texts, vocab_size=min(512, config.text_vocab_limit))
     fast = FastTokenizer(vocab_size=min(config.num_fast_tokens, 256)).fit(
         list(smooth_chunks(64, config.action_horizon, na, seed)))
