@@ -2,7 +2,8 @@
 
 ``ChunkExecutor(embodiment)`` splits an action chunk [H, action_dim] over the configured outputs,
 makes it safe (``control.chunk``), remembers what was commanded, and answers what to stream at a
-control tick and what to hold when the node stops or data goes stale. Times are seconds on the
+control tick, what to hold when the node stops or data goes stale, and which actions the running
+chunk commands while the next one is computed (the action prefix of real-time chunking). Times are seconds on the
 node's clock (sim time or wall time), passed in by the caller.
 """
 
@@ -127,6 +128,28 @@ class ChunkExecutor:
             if p.waypoints is not None:
                 return p.waypoints.position_at(now - self.plan.t_publish, p.start)
         return self.last_command.get(name)
+
+    def action_prefix(self, t_obs: float, latency: float, max_steps: int) -> np.ndarray | None:
+        """Real-time chunking (model/rtc.py): the actions the active chunk commands while the next
+        one, observed at ``t_obs``, is computed — at t_obs + (i + 1)·dt for the ceil(latency / dt)
+        steps the new chunk will drop as passed (at most ``max_steps``). Embodiment order
+        [d, action_dim]: joint outputs their commanded position then, the base its twist then
+        (zero after its chunk). None without an active chunk (first chunk, after a hold) or d = 0."""
+        plan = self.plan  # one read: a hold from another thread may clear it meanwhile
+        steps = min(int(max_steps), int(np.ceil(latency / self.dt - 1e-9)))
+        if plan is None or steps <= 0:
+            return None
+        times = t_obs + (np.arange(steps) + 1) * self.dt - plan.t_publish
+        out = np.zeros((steps, self.embodiment.action_dim))
+        for o in self.embodiment.outputs:
+            p = plan.outputs[o.name]
+            cols = slice(*o.action_slice)
+            if o.type == "base_twist":
+                idx = [stream_index(p.times, t) for t in times]
+                out[:, cols] = [p.twist[i] if i is not None else np.zeros(2) for i in idx]
+            else:
+                out[:, cols] = [p.waypoints.position_at(t, p.start) for t in times]
+        return out
 
     # ------------------------------------------------------------------------------------------
     def stream(self, now: float) -> dict[str, np.ndarray]:

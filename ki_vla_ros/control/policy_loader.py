@@ -111,8 +111,11 @@ class LayoutMapper:
                     f"produce (it produces {actions})"
                 )
             self.action_index = [actions.index(a) for a in emb_actions]
+            # the policy's actions the embodiment lacks: its actions cannot be mapped back
+            self.policy_only_actions = [a for a in actions if a not in emb_actions]
+            self.policy_action_dim = len(actions)
         else:
-            self.action_index = None
+            self.action_index, self.policy_only_actions, self.policy_action_dim = None, [], len(emb_actions)
         self.action_dim = len(emb_actions)
 
     def state_for_policy(self, state):
@@ -131,3 +134,14 @@ class LayoutMapper:
                 f"policy produced {actions.shape[1]} actions per step, the embodiment needs {self.action_dim}"
             )
         return actions
+
+    def actions_for_policy(self, actions):
+        """Embodiment-order actions [n, action_dim] -> the policy's order, or None when the policy
+        has actions the embodiment does not execute (nothing to fill them with)."""
+        if self.policy_only_actions:
+            return None
+        if self.action_index is None:
+            return actions
+        out = actions.copy()
+        out[:, self.action_index] = actions
+        return out
