@@ -605,7 +605,12 @@ class PolicyNode(LifecycleNode):
         obs = Observation(images=images, state=self.mapper.state_for_policy(state), instruction=instruction,
                           stamp=t_obs)
         seed = int(self._p("seed"))
-        out = self.policy.infer(obs, seed=None if seed < 0 else seed)
+        # real-time chunking: a policy trained to continue an action prefix gets what the running
+        # chunk commands during the expected latency, so the new chunk carries on from it
+        prefix = self.executor_.action_prefix(t_obs, self._latency_est, getattr(self.policy, "max_action_prefix", 0))
+        prefix = None if prefix is None else self.mapper.actions_for_policy(prefix)
+        extra = {} if prefix is None else {"action_prefix": prefix}
+        out = self.policy.infer(obs, seed=None if seed < 0 else seed, **extra)
         infer_ms = (time.perf_counter() - wall0) * 1000.0
         t_done = self._now()
         elapsed = max(0.0, t_done - t_obs)
