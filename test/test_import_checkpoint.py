@@ -48,7 +48,7 @@ def lerobot_checkpoint(root, sd):
         "type": "pi05", "paligemma_variant": "gemma_2b", "action_expert_variant": "gemma_300m",
         "chunk_size": CFG.action_horizon, "n_action_steps": CFG.action_horizon, "max_state_dim": 8,
         "max_action_dim": 8, "num_inference_steps": 4, "min_period": 4e-3, "max_period": 4.0,
-        "image_resolution": [32, 32], "tokenizer_max_length": 48, "input_features": feats,
+        "image_resolution": [32, 32], "tokenizer_max_length": 48, "input_features": feats, "empty_cameras": 1,
         "output_features": {"action": {"type": "ACTION", "shape": [4]}},
         "normalization_mapping": {"VISUAL": "IDENTITY", "STATE": "QUANTILES", "ACTION": "QUANTILES"}}))
     pre = "policy_preprocessor_step_2_normalizer_processor.safetensors"
@@ -92,7 +92,7 @@ def test_lerobot_folder_becomes_a_model_folder(lerobot):
     # statistics from the processor files, layout from the VISUAL features
     np.testing.assert_array_equal(bundle.norm_stats.state.q01, Q01S)
     np.testing.assert_array_equal(bundle.norm_stats.actions.q99, Q99A)
-    assert bundle.layout.camera_names == ["base_0_rgb", "left_wrist_0_rgb"]
+    assert bundle.layout.camera_names == ["base_0_rgb", "left_wrist_0_rgb", "empty_camera_0"]
     assert len(bundle.layout.state_names) == 3 and len(bundle.layout.action_names) == 4
 
 
@@ -106,7 +106,7 @@ def test_imported_policy_prompts_and_denormalises_with_the_checkpoint_stats(lero
     # then zeros up to max_state_dim 8, as LeRobot pads: bin 128
     text = policy.prompt.tok.decode(tokens[0][token_mask[0]][1:])
     assert text == "Task: pick up the red cube, State: 128 255 0 128 128 128 128 128;\nAction: "
-    assert image_mask[0].tolist() == [True, False]
+    assert image_mask[0].tolist() == [True, False, False]
     noise = np.random.default_rng(0).standard_normal((1, CFG.action_horizon, CFG.action_dim)).astype(np.float32)
     raw = policy.backend.flow(policy.backend.prefix(images, image_mask, tokens, token_mask, _), noise)[0][:, :4]
     actions = policy.infer(obs, noise=noise).actions
@@ -156,7 +156,8 @@ def test_errors_name_the_file_and_the_problem(lerobot, tmp_path, capsys):
         import_checkpoint(root, tmp_path / "a", tokenizer=str(_tokenizer(tmp_path / "t.json")))
     with pytest.raises(ImportCheckpointError, match=r"no tokenizer.json / tokenizer.model; .* --tokenizer"):
         import_checkpoint(root, tmp_path / "b", **HEADS)
-    with pytest.raises(ImportCheckpointError, match=r"embodiment 'aloha_bimanual' has 3 cameras, the checkpoint 2"):
+    with pytest.raises(ImportCheckpointError, match=r"embodiment 'aloha_bimanual' has 14 state / 14 action dims, "
+                                                    r"the checkpoint's statistics 3 / 4"):
         import_checkpoint(root, tmp_path / "c", embodiment="aloha_bimanual", tokenizer=str(tmp_path / "t.json"),
                           **HEADS)
     cfg = json.loads((root / "config.json").read_text())

@@ -26,7 +26,7 @@ and is checked against the shapes. The horizon, the prompt length (200) and the 
 from config.json. Normalisation statistics must be quantiles (q01/q99), the π0.5 default.
 
 Layout: camera slots in the checkpoint's order (LeRobot: its VISUAL input features without
-``observation.images.``; openpi: base_0_rgb, left_wrist_0_rgb, right_wrist_0_rgb). With
+``observation.images.``, then its ``empty_cameras``; openpi: base_0_rgb, left_wrist_0_rgb, right_wrist_0_rgb). With
 `--embodiment`, the robot's cameras take the slots in order (a slot left over is a missing camera
 at run time, as in LeRobot), its joint names and control rate are used, and its state/action sizes
 must match the statistics. The text tokenizer is `--tokenizer` (a tokenizers ``tokenizer.json`` or
@@ -220,6 +220,9 @@ def _layout(kind: str, cfg: dict, norm: NormStats, embodiment: str | None, where
     if kind == "lerobot":
         feats = cfg.get("input_features", {})
         slots = [k.removeprefix(IMAGE_PREFIX) for k, f in feats.items() if f.get("type") == "VISUAL"]
+        # LeRobot adds `empty_cameras` slots when it loads the config (always missing images)
+        slots += [f"empty_camera_{i}" for i in range(int(cfg.get("empty_cameras", 0)))
+                  if f"empty_camera_{i}" not in slots]
         if not slots:
             raise ImportCheckpointError(f"{where / 'config.json'}: no VISUAL input features (cameras)")
     else:
