@@ -1,35 +1,25 @@
 """Policy node for Mobile ALOHA (bimanual + base twist on /cmd_vel).
 
-    ros2 launch ki_vla_ros mobile_bimanual.launch.py [embodiment:=mobile_aloha] [model:=DIR] [backend:=torch]
-        [namespace:=NS] [use_sim_time:=false] [instruction:=TEXT] [autostart:=false]
+    ros2 launch ki_vla_ros mobile_bimanual.launch.py [model:=DIR] [instruction:=TEXT] [autostart:=true] ...
+    ros2 launch ki_vla_ros mobile_bimanual.launch.py -s        # every argument, described
 
-Every argument of policy.launch.py is forwarded; this file only changes the default embodiment.
+Everything is policy.launch.py (included from this folder); only the default embodiment differs.
+Without a trained model for mobile_aloha, the node says how to make one (`ki-vla init-model`).
 """
+
+from pathlib import Path
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.substitutions import FindPackageShare
-
-ARGS = {
-    "embodiment": "mobile_aloha",
-    "model": "",
-    "backend": "torch",
-    "policy_class": "",
-    "namespace": "",
-    "use_sim_time": "false",
-    "instruction": "",
-    "autostart": "false",
-}
 
 
 def generate_launch_description():
-    declared = [DeclareLaunchArgument(name, default_value=default) for name, default in ARGS.items()]
-    policy = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(
-            PathJoinSubstitution([FindPackageShare("ki_vla_ros"), "launch", "policy.launch.py"])
+    return LaunchDescription([
+        DeclareLaunchArgument(
+            "embodiment",
+            default_value="mobile_aloha",
+            description="robot description: a name in config/embodiments/ or the path of an embodiment YAML file",
         ),
-        launch_arguments={name: LaunchConfiguration(name) for name in ARGS}.items(),
-    )
-    return LaunchDescription([*declared, policy])
+        IncludeLaunchDescription(PythonLaunchDescriptionSource(str(Path(__file__).with_name("policy.launch.py")))),
+    ])

@@ -34,10 +34,7 @@ fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 echo "setup: installing Python dependencies into .venv (first run takes a few minutes)"
 "${pip[@]}" install -r requirements/core.txt -r requirements/ros.txt -r requirements/sim.txt -r requirements/dev.txt 2> >(grep -v "is ignored: it is neither" >&2)
-if [ -d "$launch_wheels" ]; then
-  # launch / launch_ros are not on PyPI; their wheels name ROS dependencies by ROS names.
-  "${pip[@]}" install --no-deps "$launch_wheels"/*.whl
-fi
+bash scripts/install_launch_wheels.sh "$venv/bin/python" "$launch_wheels"
 "${pip[@]}" install --no-deps -e .
 echo "$stamp" > "$venv/.setup-stamp"
 echo "setup: done ($(du -sh "$venv" | cut -f1) in .venv)"

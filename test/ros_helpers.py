@@ -7,7 +7,9 @@ policy class uses. Nothing here is imported by the package itself.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -103,9 +105,15 @@ def ros_environment(tmp_dir: Path) -> dict[str, str]:
 
 
 class Proc:
-    """A child process with its output in a log file; stopped with SIGINT, then killed."""
+    """A child process with its output in a log file; stopped with SIGINT, then killed.
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path, stdin: bool = False, cwd: Path = REPO):
+    `terminal`: the process leads a process group of its own and SIGINT goes to the whole group,
+    as Ctrl-C in a terminal does (`ros2 launch` then leaves the SIGINT of its children to the
+    terminal: signalled alone, it escalates to SIGTERM after 5 s)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, stdin: bool = False, cwd: Path = REPO,
+                 terminal: bool = False):
+        self.terminal = terminal
         self.log_path = log
         self._log = open(log, "w")  # noqa: SIM115
         self.popen = subprocess.Popen(
@@ -116,6 +124,7 @@ class Proc:
             text=True,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             cwd=str(cwd),
+            start_new_session=terminal,
         )
 
     def send(self, line: str) -> None:
@@ -132,12 +141,18 @@ class Proc:
 
     def stop(self, timeout: float = 8.0) -> int | None:
         if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
+            if self.terminal:
+                os.killpg(self.popen.pid, signal.SIGINT)
+            else:
+                self.popen.send_signal(signal.SIGINT)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(5)
+        if self.terminal:  # nothing of the group outlives the test
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
         self._log.close()
         return self.popen.returncode
 
@@ -275,11 +290,11 @@ class Observer:
         req.transition.label = transition
         return self.call(ChangeState, f"{node_name}/change_state", req, timeout).success
 
-    def lifecycle_state(self, node_name: str) -> str:
+    def lifecycle_state(self, node_name: str, timeout: float = 30.0) -> str:
         """The managed node's state label (unconfigured, inactive, active, finalized) by GetState."""
         from lifecycle_msgs.srv import GetState
 
-        return self.call(GetState, f"{node_name}/get_state").current_state.label
+        return self.call(GetState, f"{node_name}/get_state", timeout=timeout).current_state.label
 
     def latest_diagnostics(self, topic: str = "/diagnostics", node_name: str = "policy_node") -> dict | None:
         msgs = self.received(topic)
@@ -300,6 +315,43 @@ class Observer:
 
 
 # ---------------------------------------------------------------------------------- launch
+
+
+def launch_missing() -> str | None:
+    """Why `launch` / `launch_ros` cannot be imported and how to get them (they are not on PyPI),
+    or None when they can."""
+    try:
+        import launch  # noqa: F401
+        import launch_ros  # noqa: F401
+    except ImportError as exc:
+        return (f"launch / launch_ros not importable ({exc}): they are not on PyPI; scripts/setup.sh installs "
+                "them from ../shared/wheels/ros2-launch when that folder exists (or install ROS 2)")
+    return None
+
+
+def require_launch() -> None:
+    """Skip the calling test module, with launch_missing()'s reason, where launch is missing."""
+    import pytest
+
+    if reason := launch_missing():
+        pytest.skip(reason, allow_module_level=True)
+
+
+def installed_env(tmp_dir: Path, install: Path) -> dict[str, str]:
+    """ros_environment() for processes that use a `colcon build` install (ament index, launch
+    files, lib/ki_vla_ros executables) instead of this checkout; the test policies from here."""
+    env = ros_environment(tmp_dir)
+    site = next((install / "lib").glob("python3*/site-packages"))
+    env["AMENT_PREFIX_PATH"] = str(install)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), str(HERE)])
+    return env
+
+
+def launch_cmd(path: Path, **launch_args: str) -> list[str]:
+    """Command line that runs a launch file as `ros2 launch` would (run_launch_file)."""
+    code = ("import sys, json, ros_helpers; "
+            "sys.exit(ros_helpers.run_launch_file(sys.argv[1], **json.loads(sys.argv[2])))")
+    return [sys.executable, "-c", code, str(path), json.dumps(launch_args)]
 
 
 def run_launch_file(path: str, **launch_args: str) -> int:

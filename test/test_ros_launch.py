@@ -1,47 +1,58 @@
-"""The launch files, run with launch.LaunchService against a `colcon build` install; another
-process (this one) sees the node, its namespace and its parameters (YAML + overrides)."""
+"""The launch files, run with launch.LaunchService against a `colcon build` install (as `ros2
+launch` does); another process (this one) sees the node, its namespace, its parameters (YAML +
+overrides) and its lifecycle, and every process exits cleanly on SIGINT.
 
-import os
+`launch` / `launch_ros` are not on PyPI: scripts/setup.sh installs them from
+../shared/wheels/ros2-launch (how CI tests launch files); without them these tests skip, saying so.
+"""
+
+import re
+import subprocess
 import sys
 import time
 
 import pytest
+import yaml
 
 pytest.importorskip("rclpy")
-try:
-    import launch  # noqa: F401
-    import launch_ros  # noqa: F401
-except ImportError as exc:  # launch is not on PyPI: only where ROS 2 (or the shared wheels) is installed
-    pytest.skip(
-        f"launch / launch_ros not importable ({exc}); install ROS 2 or the launch wheels", allow_module_level=True
-    )
+from ros_helpers import (  # noqa: E402
+    REPO,
+    Observer,
+    Proc,
+    installed_env,
+    launch_cmd,
+    problem_lines,
+    require_launch,
+    stand_in_cmd,
+    wait_until,
+)
 
-from ros_helpers import HERE, Observer, Proc, ros_environment, wait_until  # noqa: E402
+require_launch()
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from geometry_msgs.msg import Twist  # noqa: E402
+from std_msgs.msg import Float64MultiArray  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory  # noqa: E402
+
+from ki_vla_ros.embodiment import load_embodiment  # noqa: E402
 
 pytestmark = [pytest.mark.dds, pytest.mark.slow]
 
 
 @pytest.mark.parametrize(
-    ("launch_file", "embodiment", "output_topic"),
+    ("launch_file", "embodiment", "output_topic", "policy"),
     [
-        ("bimanual.launch.py", "aloha_bimanual", "/left_arm_controller/joint_trajectory"),
-        ("mobile_bimanual.launch.py", "mobile_aloha", "/cmd_vel"),
+        ("bimanual.launch.py", "aloha_bimanual", "/left_arm_controller/joint_trajectory", "ScriptedPolicy"),
+        ("mobile_bimanual.launch.py", "mobile_aloha", "/cmd_vel", "ScriptedMobilePolicy"),
     ],
 )
 def test_launch_file_starts_node_visible_from_another_process(
-    colcon_install, tmp_path, launch_file, embodiment, output_topic
+    colcon_install, tmp_path, launch_file, embodiment, output_topic, policy
 ):
-    env = ros_environment(tmp_path)
-    site = next((colcon_install / "lib").glob("python3*/site-packages"))
-    env["AMENT_PREFIX_PATH"] = str(colcon_install)
-    # the installed package first (not this checkout), the test policy from test/
-    env["PYTHONPATH"] = os.pathsep.join([str(site), str(HERE)])
+    env = installed_env(tmp_path, colcon_install)
     path = colcon_install / "share" / "ki_vla_ros" / "launch" / launch_file
-    code = (
-        "import sys, ros_helpers; sys.exit(ros_helpers.run_launch_file(sys.argv[1], namespace='robot1', "
-        "policy_class='ros_helpers:ScriptedPolicy', instruction='open the grippers'))"
-    )
-    proc = Proc([sys.executable, "-c", code, str(path)], env, tmp_path / "launch.log")
+    proc = Proc(launch_cmd(path, namespace="robot1", policy_class=f"ros_helpers:{policy}",
+                           instruction="open the grippers"), env, tmp_path / "launch.log", terminal=True)
     obs = Observer()
     try:
 
@@ -61,10 +72,11 @@ def test_launch_file_starts_node_visible_from_another_process(
             "use_sim_time": False,
             "max_instruction_chars": 500,
         }, params
-        topics = dict(obs.node.get_topic_names_and_types())
+        # the launch file configures and activates the managed node
+        assert wait_until(lambda: obs.lifecycle_state("/robot1/policy_node") == "active", 30.0), proc.tail()
         assert wait_until(
             lambda: "/robot1/policy_node/action_chunk" in dict(obs.node.get_topic_names_and_types()), 5.0
-        ), topics
+        ), dict(obs.node.get_topic_names_and_types())
         assert wait_until(lambda: obs.node.count_publishers(output_topic) > 0, 5.0)
     finally:
         obs.close()
@@ -72,4 +84,81 @@ def test_launch_file_starts_node_visible_from_another_process(
     out = proc.output()
     assert "EXIT policy_node-1 0" in out, out[-3000:]
     assert proc.popen.returncode == 0, out[-3000:]
-    time.sleep(0.1)
+    assert problem_lines(out) == [], out[-3000:]
+
+
+def test_activate_false_leaves_the_node_to_a_lifecycle_manager(colcon_install, tmp_path):
+    env = installed_env(tmp_path, colcon_install)
+    path = colcon_install / "share" / "ki_vla_ros" / "launch" / "policy.launch.py"
+    proc = Proc(launch_cmd(path, activate="false", policy_class="ros_helpers:ScriptedPolicy"), env,
+                tmp_path / "launch.log", terminal=True)
+    obs = Observer()
+    try:
+        assert obs.lifecycle_state("/policy_node") == "unconfigured", proc.tail()
+        assert obs.lifecycle("/policy_node", "configure"), proc.tail()
+        time.sleep(2.0)  # launch would activate within a fraction of a second if it were going to
+        assert obs.lifecycle_state("/policy_node") == "inactive", proc.tail()
+    finally:
+        obs.close()
+        proc.stop(timeout=15.0)
+    out = proc.output()
+    assert "EXIT policy_node-1 0" in out and problem_lines(out) == [], out[-3000:]
+
+
+SHIPPED = [
+    ("bimanual.launch.py", "aloha_bimanual", "/left_arm_controller/joint_trajectory", JointTrajectory),
+    ("mobile_bimanual.launch.py", "mobile_aloha", "/cmd_vel", Twist),
+    ("single_arm.launch.py", "franka_single_arm", "/forward_position_controller/commands", Float64MultiArray),
+]
+
+
+@pytest.mark.parametrize(("launch_file", "embodiment", "output_topic", "msg_type"), SHIPPED)
+def test_shipped_embodiment_commissions_runs_and_stops_cleanly_on_sigint(
+    colcon_install, tmp_path, launch_file, embodiment, output_topic, msg_type
+):
+    """As a user commissioning a robot: the launch defaults (the embodiment's own model). A shipped
+    model loads and runs; a missing one is reported in one line with the command that makes one,
+    which is run as printed (where the launch runs) before configuring again. Then SIGINT while the
+    policy runs: every process exits 0 and nothing prints an error."""
+    env = installed_env(tmp_path, colcon_install)
+    shipped = (colcon_install / "share" / "ki_vla_ros" / load_embodiment(embodiment).model / "model.yaml").is_file()
+    # the shipped parameters, with slack for this shared 2-core test machine
+    params = yaml.safe_load((REPO / "config" / "ros" / "policy_node.yaml").read_text())
+    params["/**"]["ros__parameters"].update(stale_timeout_s=2.0, max_inference_s=10.0, num_steps=2)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    path = colcon_install / "share" / "ki_vla_ros" / "launch" / launch_file
+    standin = Proc(stand_in_cmd(embodiment=embodiment), env, tmp_path / "standin.log", stdin=True)
+    proc = Proc(launch_cmd(path, instruction="pick up the red cube", autostart="true", params_file=str(params_file)),
+                env, tmp_path / "launch.log", cwd=tmp_path, terminal=True)
+    obs = Observer()
+    obs.subscribe(msg_type, output_topic)
+    obs.subscribe(DiagnosticArray, "/diagnostics")
+    expected_errors = ()
+    try:
+        if not shipped:
+            assert wait_until(lambda: "ki-vla init-model" in proc.output(), 120.0), proc.tail()
+            line = next(x for x in proc.output().splitlines() if "ki-vla init-model" in x)
+            assert "model:=" in line, line  # or pass a model
+            assert obs.lifecycle_state("/policy_node") == "unconfigured"
+            command = re.search(r"`ki-vla (init-model [^`]+)`", line).group(1).split()
+            made = subprocess.run([sys.executable, "-m", "ki_vla_ros.cli", *command], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=300)
+            assert made.returncode == 0, made.stderr
+            assert obs.lifecycle("/policy_node", "configure"), proc.tail()
+            expected_errors = ("configure failed: model folder", "Failed to make transition 'TRANSITION_CONFIGURE'")
+
+        def running():
+            d = obs.latest_diagnostics() or {}
+            return int(d.get("chunks_published", 0)) >= 1 and d.get("state") in ("running", "holding")
+
+        assert wait_until(running, 180.0), (obs.latest_diagnostics(), proc.tail())
+        assert wait_until(lambda: obs.received(output_topic), 10.0), proc.tail()
+    finally:
+        obs.close()
+        code = proc.stop(timeout=30.0)
+        standin.stop()
+    out = proc.output()
+    assert "EXIT policy_node-1 0" in out and code == 0, out[-3000:]
+    assert problem_lines(out, expected_errors) == [], out[-3000:]
+    assert all(sum(e in x for x in out.splitlines()) == 1 for e in expected_errors), out[-3000:]

@@ -57,7 +57,7 @@ def run_main(argv: list[str]) -> int:
     opts = ap.parse_args(argv)
 
     from ki_vla_ros.ros.policy_node import EXECUTOR_THREADS, STARTUP_ERRORS, PolicyNode
-    from ki_vla_ros.ros.spin import run_node
+    from ki_vla_ros.ros.spin import exit_process, run_node
 
     params_file = Path(opts.params_file) if opts.params_file else default_params_file()
     ros_args = ["--ros-args"]
@@ -76,9 +76,9 @@ def run_main(argv: list[str]) -> int:
                  "-p", f"autostart:={str(opts.autostart).lower()}"]
     for p in opts.param:
         ros_args += ["-p", p]
-    return run_node(lambda: PolicyNode(opts.node_name, namespace=opts.namespace), "ki-vla run",
-                    ["ki-vla", *ros_args], STARTUP_ERRORS, num_threads=EXECUTOR_THREADS,
-                    start=None if opts.no_activate else PolicyNode.configure_and_activate)
+    exit_process(run_node(lambda: PolicyNode(opts.node_name, namespace=opts.namespace), "ki-vla run",
+                          ["ki-vla", *ros_args], STARTUP_ERRORS, num_threads=EXECUTOR_THREADS,
+                          start=None if opts.no_activate else PolicyNode.configure_and_activate))
 
 
 # --------------------------------------------------------------------------------- command

@@ -53,6 +53,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -83,7 +84,7 @@ from ki_vla_ros.ros.conversions import (
     make_trajectory,
     seconds_to_duration,
 )
-from ki_vla_ros.ros.spin import run_node
+from ki_vla_ros.ros.spin import exit_process, run_node
 from ki_vla_ros.runtime.types import Observation
 
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -247,7 +248,7 @@ class PolicyNode(LifecycleNode):
             model = self._p("model") or emb.model
             raise ConfigError(
                 f"model folder {model} not found: make one with `ki-vla init-model {model} --embodiment "
-                f"{emb.name}` (random weights, for commissioning) or pass model:=DIR"
+                f"{emb.name}` (random weights, for commissioning) or pass model:=DIR (`ki-vla run --model DIR`)"
             )
         self.get_logger().info(f"loading policy from {model_dir} (backend {self._p('backend')})")
         self.policy = load_policy(
@@ -708,10 +709,10 @@ class PolicyNode(LifecycleNode):
 
 
 
-def main(args: list[str] | None = None) -> int:
+def main(args: list[str] | None = None) -> NoReturn:
     """The `policy_node` executable: unconfigured until a lifecycle manager (the launch files,
     `ros2 lifecycle set`) configures and activates it."""
-    return run_node(PolicyNode, "policy_node", args, STARTUP_ERRORS, num_threads=EXECUTOR_THREADS)
+    exit_process(run_node(PolicyNode, "policy_node", args, STARTUP_ERRORS, num_threads=EXECUTOR_THREADS))
 
 
 __all__ = ["PolicyNode", "main", "validate_instruction", "seconds_to_duration"]

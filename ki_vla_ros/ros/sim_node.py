@@ -14,8 +14,10 @@ The clock never goes backwards: a reset continues it (``episode_time`` restarts 
 Between a reset (or start-up) and the first joint command the robot holds still: the physics is
 not stepped (no sag, the cameras show exactly the reset scene), while the clock, joint states and
 cameras keep publishing so a policy sees fresh data. The episode (``episode_time``) starts with
-the first accepted command, as a recorded demonstration starts with its first action. A policy
-that never commands ends the episode after ``max_sim_time_s`` of waiting.
+the first accepted command, as a recorded demonstration starts with its first action. After a
+``~/reset`` a policy that never commands ends the episode after ``max_sim_time_s`` of waiting;
+after start-up the sim waits for its first command without limit (an operator launching the sim
+by hand needs time to send an instruction).
 
 Parameters:
   embodiment (str)         topics and image size [aloha_bimanual] (read-only)
@@ -148,6 +150,7 @@ class SimNode(Node):
         self._offset = 0.0  # clock time at the reset of the current episode
         self._held = 0.0  # clock time spent holding still since that reset
         self._waiting = bool(self._p("hold_until_command"))
+        self._wait_limited = False  # does waiting count toward max_sim_time_s (after a ~/reset)
         self._frames: dict[str, np.ndarray] = {}  # the last images rendered
         self._episode = 0
         self._steps = 0
@@ -293,6 +296,7 @@ class SimNode(Node):
                 self._offset = self.now() + self.dt
                 self._held = 0.0
                 self._waiting = bool(self._p("hold_until_command"))
+                self._wait_limited = True
                 self.sim.task = task
                 self.sim.reset(int(self._p("seed")))
                 self.command.reset(self.sim.last_action)
@@ -381,7 +385,8 @@ class SimNode(Node):
             rtf = float(self._p("real_time_factor"))
             limit = float(self._p("max_sim_time_s"))
             with self._lock:
-                if self._done or (limit > 0 and max(self.sim.sim_time, self._held) >= limit - 1e-9):
+                waited = self._held if self._wait_limited else 0.0
+                if self._done or (limit > 0 and max(self.sim.sim_time, waited) >= limit - 1e-9):
                     if not self._done:
                         self._done = True
                         self._publish_status_now()
