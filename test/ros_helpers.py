@@ -139,12 +139,12 @@ class Proc:
     def tail(self, n: int = 3000) -> str:
         return f"--- {self.log_path.name} ---\n" + self.output()[-n:]
 
-    def stop(self, timeout: float = 8.0) -> int | None:
+    def stop(self, timeout: float = 8.0, sig: int = signal.SIGINT) -> int | None:
         if self.popen.poll() is None:
             if self.terminal:
-                os.killpg(self.popen.pid, signal.SIGINT)
+                os.killpg(self.popen.pid, sig)
             else:
-                self.popen.send_signal(signal.SIGINT)
+                self.popen.send_signal(sig)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -3,6 +3,7 @@ with a real (tiny, random-weight) model folder, and is commanded with `ki-vla co
 processes plus this observer, over real DDS."""
 
 import math
+import signal
 import sys
 import time
 
@@ -96,6 +97,7 @@ def test_bag_replays_into_node_run_by_cli(tmp_path):
         obs.close()
         if replay is not None:
             replay.stop()
-        code = node.stop(timeout=15.0)
+        code = node.stop(timeout=15.0, sig=signal.SIGTERM)  # as a service manager stops it
     assert code == 0, node.tail()
-    assert problem_lines(node.output()) == [], node.tail()  # SIGINT while running: a clean exit
+    assert problem_lines(node.output()) == [], node.tail()  # SIGTERM while running: a clean exit
+    assert "stopped" in node.output()  # it held the robot on the way out
