@@ -84,6 +84,7 @@ from ki_vla_ros.ros.conversions import (
     make_trajectory,
     seconds_to_duration,
 )
+from ki_vla_ros.ros.intake import SensorIntake
 from ki_vla_ros.ros.spin import exit_process, run_node
 from ki_vla_ros.runtime.types import Observation
 
@@ -160,6 +161,7 @@ class PolicyNode(LifecycleNode):
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._entities: list = []  # subscriptions, publishers and timers made by configure
+        self._intake: SensorIntake | None = None  # sensor subscriptions, made by configure
         self._pubs: dict = {}
         self._new_session()
 
@@ -263,21 +265,17 @@ class PolicyNode(LifecycleNode):
         self._warm_up()
         self._new_session()
 
-        # Sensor intake costs no Python work per message beyond storing its bytes: subscriptions
-        # are raw (no deserialisation), only the newest message per source is kept, and it is
-        # decoded when inference takes it. At 30 Hz cameras and 100 Hz joint states, decoding
-        # every message starved the inference thread of its own process (GIL).
+        # Sensor intake costs no Python work per message (ros/intake.py): the subscriptions wait in
+        # DDS queues on a node no executor spins; the newest raw bytes per source are taken when
+        # inference (or diagnostics) needs them and decoded only then. At 30 Hz cameras and 100 Hz
+        # joint states, handling every message starved the inference thread of its own process.
         self._cam_types = {c.name: Image if c.message == "raw" else CompressedImage for c in emb.cameras}
-        for cam in emb.cameras:
-            self._entities.append(self.create_subscription(
-                self._cam_types[cam.name], cam.topic, self._intake_cb(self._cams[cam.name]),
-                qos_profile_sensor_data, raw=True,
-            ))
         self._state_joints = {s.topic: list(s.joints) for s in emb.state}
+        self._intake = SensorIntake(self.context, f"_{self.get_name()}_sensors", self.get_namespace())
+        for cam in emb.cameras:
+            self._intake.add(f"camera {cam.name}", self._cam_types[cam.name], cam.topic, qos_profile_sensor_data)
         for src in emb.state:
-            self._entities.append(self.create_subscription(
-                JointState, src.topic, self._intake_cb(self._states[src.topic]), qos_profile_sensor_data, raw=True
-            ))
+            self._intake.add(f"joint state {src.topic}", JointState, src.topic, qos_profile_sensor_data)
         self._pubs = {}
         for o in emb.outputs:
             if o.type == "joint_trajectory":
@@ -349,6 +347,9 @@ class PolicyNode(LifecycleNode):
             else:
                 self.destroy_publisher(entity)
         self._entities, self._pubs = [], {}
+        if self._intake is not None:
+            self._intake.close()
+            self._intake = None
         self.policy = self.mapper = self.executor_ = self.embodiment = None
         self._configured = self._active = False
         self._warmup_ms = None
@@ -382,13 +383,20 @@ class PolicyNode(LifecycleNode):
         return self._status if self._active else "inactive"
 
     # -------------------------------------------------------------------------------- callbacks
-    def _intake_cb(self, latest: _Latest):
-        def cb(raw: bytes):
-            t = self._now()
-            with self._lock:
-                latest.raw, latest.t = raw, t
-
-        return cb
+    def _drain(self) -> None:
+        """The newest sensor messages into the intake slots, each stamped on the node clock with
+        the time DDS received it (its age is measured in wall time)."""
+        intake = self._intake
+        taken = intake.take() if intake is not None else {}
+        if not taken:
+            return
+        now = self._now()
+        with self._lock:
+            slots = {**{f"camera {n}": v for n, v in self._cams.items()},
+                     **{f"joint state {t}": v for t, v in self._states.items()}}
+            for key, got in taken.items():
+                if key in slots:
+                    slots[key].raw, slots[key].t = got.raw, now - got.age_s
 
     def _joint_states(self) -> tuple[dict[str, np.ndarray], list[str]]:
         """The newest joint positions per state topic, decoded now, and the problems of those
@@ -546,6 +554,7 @@ class PolicyNode(LifecycleNode):
 
     # -------------------------------------------------------------------------------- inference
     def _input_problems(self, now: float) -> list[str]:
+        self._drain()
         timeout = self._stale_timeout()
         problems = []
         with self._lock:
@@ -665,6 +674,7 @@ class PolicyNode(LifecycleNode):
 
     # ------------------------------------------------------------------------------- diagnostics
     def _publish_diagnostics(self) -> None:
+        self._drain()
         now = self._now()
         st = DiagnosticStatus()
         st.name = f"{self.get_fully_qualified_name()}: policy"

@@ -1,0 +1,43 @@
+"""The policy node's sensor intake (ki_vla_ros/ros/intake.py): messages wait in DDS queues on a
+node nobody spins and are taken on demand, newest only, with their reception age."""
+
+import time
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from rclpy.serialization import deserialize_message  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
+
+from ki_vla_ros.ros.intake import SensorIntake  # noqa: E402
+
+pytestmark = pytest.mark.dds
+
+
+def test_take_returns_the_newest_message_with_its_age(ros_env):
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    pub_node = rclpy.create_node("intake_test_publisher", context=ctx)
+    intake = SensorIntake(ctx, "_intake_test")
+    try:
+        pub = pub_node.create_publisher(JointState, "/intake_test/joint_states", qos_profile_sensor_data)
+        intake.add("js", JointState, "/intake_test/joint_states", qos_profile_sensor_data)
+        intake.add("silent", JointState, "/intake_test/nobody", qos_profile_sensor_data)
+        deadline = time.monotonic() + 10.0
+        while pub.get_subscription_count() < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert intake.take() == {}
+        for i in range(8):  # more than the sensor-data queue depth (5): only the newest matters
+            pub.publish(JointState(name=["a"], position=[float(i)]))
+            time.sleep(0.005)
+        time.sleep(0.3)
+        taken = intake.take()
+        assert set(taken) == {"js"}  # nothing from a topic without messages
+        assert list(deserialize_message(taken["js"].raw, JointState).position) == [7.0]
+        assert 0.25 <= taken["js"].age_s < 5.0  # received about 0.3 s ago (wall clock)
+        assert intake.take() == {}  # taken: nothing new since
+    finally:
+        intake.close()
+        pub_node.destroy_node()
+        ctx.try_shutdown()
