@@ -509,6 +509,9 @@ def _common_args(ap: argparse.ArgumentParser) -> None:
                     help="inference threads of the policy node (0 = one per core) [1: the sim needs the other core]")
     ap.add_argument("--render-quality", default="fast", choices=["fast", "full"])
     ap.add_argument("--num-steps", type=int, default=10, help="flow-matching steps of the policy [10]")
+    ap.add_argument("--policy-class", default="", metavar="MODULE:CLASS",
+                    help="the policy node's policy_class (e.g. ki_vla_ros.runtime.fast_policy:FastTokenPolicy) "
+                         "['': the flow policy]")
     ap.add_argument("--real-time-factor", type=float, default=1.0,
                     help="upper bound on the sim's speed (x real time; 0 = unbounded) [1.0]")
 
@@ -529,7 +532,7 @@ def _rig(opts, out: Path, record_video: bool) -> SimRig:
     return SimRig(model, backend=opts.backend, log_dir=out / "logs",
                   image_size=size, camera_every=opts.camera_every, render_quality=opts.render_quality,
                   real_time_factor=opts.real_time_factor, num_steps=opts.num_steps, record_video=record_video,
-                  threads=opts.threads)
+                  threads=opts.threads, policy_class=opts.policy_class)
 
 
 def demo_main(argv: list[str] | None = None) -> int:
