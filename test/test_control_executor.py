@@ -143,3 +143,14 @@ def test_first_chunk_and_chunk_after_hold_anchor():
     held = ex.hold(1.0)["right_arm"]
     later = ex.make_plan(np.full((20, 14), 0.1), np.zeros(14), 0.0, t_publish=5.0)
     np.testing.assert_allclose(later.outputs["right_arm"].start, held)  # what the controller holds
+
+
+def test_a_new_run_starts_from_the_measured_state():
+    emb = load_embodiment("aloha_bimanual")
+    ex = ChunkExecutor(emb)
+    ex.accept(ex.make_plan(np.full((20, 14), 0.5), np.zeros(14), 0.0, t_publish=0.0))
+    ex.hold(1.0)
+    ex.forget()  # stopped, the robot reset to zero, started again
+    plan = ex.make_plan(np.zeros((20, 14)), np.zeros(14), 0.0, t_publish=5.0)
+    np.testing.assert_allclose(plan.outputs["left_arm"].start, np.zeros(7))
+    np.testing.assert_allclose(plan.outputs["left_arm"].waypoints.positions, 0.0)

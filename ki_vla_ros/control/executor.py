@@ -112,6 +112,14 @@ class ChunkExecutor:
             raise UnsafeChunkError("every waypoint passed during inference")
         return ChunkPlan(t_publish=t_publish, outputs=outs, first_index=first)
 
+    def forget(self) -> None:
+        """A new run (the node is started again): forget the active chunk and what was commanded,
+        so the first chunk starts from the measured state. Between a stop and a start the robot may
+        have been reset, moved by hand or its controller restarted: the old command is no longer
+        what the controller holds."""
+        self.plan = None
+        self.last_command.clear()
+
     def accept(self, plan: ChunkPlan) -> None:
         """The plan was published: it becomes the active chunk."""
         self.plan = plan

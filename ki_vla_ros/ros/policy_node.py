@@ -474,6 +474,7 @@ class PolicyNode(LifecycleNode):
         if on:
             self._status, self._holding, self._hold_reason = "running", False, ""
             self._next_infer_t = 0.0
+            self.executor_.forget()  # the first chunk of a run starts where the robot is
             self.get_logger().info("started")
         else:
             self._enter_hold("stopped", idle=True)
