@@ -1,0 +1,150 @@
+"""FAST-token decoding as a policy: the backbone alone, no action expert (π0-FAST's way to act).
+
+    policy = FastTokenPolicy.load("models/aloha_sim_ki")
+    out = policy.infer(Observation(images={...}, state=q, instruction="pick up the red cube"))
+    out.actions        # float64 [H, action_dim] in robot units
+    out.timings_ms     # preprocess, decode (prefix pass + token steps), postprocess, total
+    policy.last_num_tokens                  # action tokens the last chunk took
+
+The same interface as `ki_vla_ros.runtime.Policy` (it reuses its input checks and prompt), so the
+policy node loads it with ``policy_class:=ki_vla_ros.runtime.fast_policy:FastTokenPolicy`` and
+``ki-vla eval --policy-class ...`` evaluates it in closed loop.
+
+Decoding follows the training layout (`tokenize/prompt.py`): the prefix ends ";\\nAction: " and
+the target is the action tokens, then <eos>. One pass over the prefix fills a per-layer K/V
+cache; each further token costs one backbone step over that cache (keys after RoPE, positions
+continuing after the prefix's valid tokens, causal among the decoded tokens, as the FAST target
+rows see the sequence in training). Greedy: at each step the argmax over the action-token range
+and <eos> (the only ids a FAST target holds), up to `max_new_tokens` (default: the model's
+`max_target_tokens`). The action tokenizer turns the ids into a normalised chunk [H, n_actions],
+de-normalised with the folder's statistics. A sequence that does not decode (no <eos> within the
+budget, or not exactly H·n_actions coefficients) raises `FastDecodeError` naming why: the policy
+node then holds the robot and sends no chunk. Deterministic (no noise): `seed` is ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ki_vla_ros.model import KIVLA
+from ki_vla_ros.model.attention import attend, rope
+from ki_vla_ros.model.kivla import token_positions
+from ki_vla_ros.model.masks import PAD, PREFIX, attention_mask
+from ki_vla_ros.model.recipes import RECIPES
+from ki_vla_ros.runtime.backends import BackendError
+from ki_vla_ros.runtime.model_dir import ModelBundle, ModelDirError, load_model_dir
+from ki_vla_ros.runtime.policy import Policy
+from ki_vla_ros.runtime.types import Observation, PolicyOutput
+from ki_vla_ros.tokenize.fast import FastDecodeError
+
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: k, v [B, N, K, hd] (keys after RoPE)
+
+
+def backbone_step(model: KIVLA, x: torch.Tensor, pos: torch.Tensor, allowed: torch.Tensor,
+                  cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+    """The backbone over new tokens x [B, N, W] at RoPE positions pos [B, N], reading `cache`
+    (None: nothing before them); allowed [B, N, Nc + N] over cached then new keys.
+    -> final-normed hidden states [B, N, W] and the cache extended by the new tokens' K/V."""
+    base = model.config.rope_base
+    out: KVCache = []
+    for i, block in enumerate(model.transformer.backbone):
+        q, k, v, gate = block.qkv(x, None)
+        q, k = rope(q, pos, base), rope(k, pos, base)
+        if cache is not None:
+            k, v = torch.cat([cache[i][0], k], 1), torch.cat([cache[i][1], v], 1)
+        out.append((k, v))
+        x = block.finish(x, attend(q, k, v, allowed), gate, None)
+    return model.transformer.backbone_norm(x)[0], out
+
+
+@torch.no_grad()
+def greedy_action_ids(model: KIVLA, images, image_mask, tokens, token_mask, state, eos_id: int,
+                      max_new_tokens: int) -> tuple[list[int], bool]:
+    """Greedy FAST decoding for one observation (batch of 1, the backends' inputs as tensors).
+    -> (model ids of the action tokens, without <eos>; whether <eos> came within the budget)."""
+    c = model.config
+    emb, kinds = model.embed_prefix(images, image_mask, tokens, torch.where(token_mask, PREFIX, PAD), state)
+    h, cache = backbone_step(model, emb, token_positions(kinds), attention_mask(kinds))
+    seen = kinds == PREFIX  # [1, Lp]: what a target token attends to in the prefix (not padding)
+    last = int(torch.nonzero(seen[0]).max())  # the last prefix token's logits predict the first target
+    pos = int(seen.sum())  # targets continue the RoPE positions after the valid prefix tokens
+    allowed_ids = torch.cat([torch.arange(c.fast_token_base, c.vocab_size), torch.tensor([eos_id])])
+    logits = model.lm_head(h[:, last])  # [1, vocab]
+    ids: list[int] = []
+    for n in range(max_new_tokens):
+        nxt = int(allowed_ids[logits[0, allowed_ids].argmax()])
+        if nxt == eos_id:
+            return ids, True
+        ids.append(nxt)
+        x = model.embed_tokens(torch.tensor([[nxt]])) * math.sqrt(c.width)  # [1, 1, W]
+        allowed = torch.cat([seen, torch.ones(1, n + 1, dtype=torch.bool)], 1)[:, None]  # [1, 1, Lp + n + 1]
+        h, cache = backbone_step(model, x, torch.tensor([[pos + n]]), allowed, cache)
+        logits = model.lm_head(h[:, 0])
+    return ids, False
+
+
+class FastTokenPolicy(Policy):
+    """`Policy` whose chunk comes from FAST tokens decoded by the backbone (see the module doc)."""
+
+    def __init__(self, bundle: ModelBundle, max_new_tokens: int = 0):
+        super().__init__(bundle, backend=None, num_steps=0)
+        recipe = RECIPES.get(bundle.manifest.recipe)
+        if recipe is not None and not recipe.use_fast:
+            fast = ", ".join(sorted(r for r, x in RECIPES.items() if x.use_fast))
+            raise ModelDirError(f"{bundle.path}: recipe '{recipe.name}' trains no action tokens; FAST decoding "
+                                f"needs a recipe with FAST targets ({fast})")
+        self.model = bundle.model.eval()
+        self.action_tokenizer = bundle.action_tokenizer
+        self.eos_id = bundle.text_tokenizer.eos_id
+        self.max_new_tokens = max_new_tokens or self.config.max_target_tokens
+        self.last_num_tokens = 0
+
+    @classmethod
+    def load(cls, model_dir: str | Path, backend: str = "torch", num_steps: int | None = None,
+             threads: int | None = None, max_new_tokens: int = 0, **_) -> FastTokenPolicy:
+        """`num_steps` (flow steps) does not apply; `threads` > 0 sets torch's intra-op threads."""
+        if backend != "torch":
+            raise BackendError(f"FAST-token decoding runs on the torch backend, not {backend!r}")
+        if threads:
+            torch.set_num_threads(threads)
+        return cls(load_model_dir(model_dir, device="cpu"), max_new_tokens)
+
+    @property
+    def max_action_prefix(self) -> int:
+        return 0  # decoding does not continue a running chunk
+
+    def chunk_from_ids(self, model_ids: list[int]) -> np.ndarray:
+        """Decoded model ids (without <eos>) -> actions [H, n_actions] in robot units; FastDecodeError
+        when they are not one chunk's encoding."""
+        n = len(self.layout.action_names)
+        tokens = self.prompt.action_tokens_from_ids(model_ids)
+        try:
+            chunk = self.action_tokenizer.decode(tokens, self.action_horizon, n)
+        except FastDecodeError as exc:
+            raise FastDecodeError(f"FAST decoding failed: {exc}") from None
+        return self.bundle.norm_stats.actions.denormalize(np.asarray(chunk, np.float64))
+
+    def infer(self, obs: Observation, seed: int | None = None, noise=None, action_prefix=None) -> PolicyOutput:
+        t0 = time.perf_counter()
+        inputs = [torch.as_tensor(a) for a in self.model_inputs(obs)]
+        t1 = time.perf_counter()
+        ids, ended = greedy_action_ids(self.model, *inputs, self.eos_id, self.max_new_tokens)
+        t2 = time.perf_counter()
+        self.last_num_tokens = len(ids)
+        if not ended:
+            raise FastDecodeError(f"FAST decoding failed: no end of sequence within {self.max_new_tokens} "
+                                  f"action tokens")
+        actions = self.chunk_from_ids(ids)
+        if not np.isfinite(actions).all():
+            raise FloatingPointError("FAST decoding produced NaN or inf actions; refusing to return them")
+        t3 = time.perf_counter()
+        timings = {"preprocess": t1 - t0, "decode": t2 - t1, "postprocess": t3 - t2, "total": t3 - t0}
+        return PolicyOutput(actions, {k: v * 1e3 for k, v in timings.items()})
+
+
+__all__ = ["FastTokenPolicy", "FastDecodeError", "backbone_step", "greedy_action_ids"]
