@@ -118,3 +118,35 @@ def test_decoding_failure_and_refusals(tmp_path, folder):
                    recipe="pi0")
     with pytest.raises(ModelDirError, match="recipe 'pi0' trains no action tokens"):
         FastTokenPolicy.load(tmp_path / "pi0")
+
+
+@pytest.mark.slow
+def test_policy_node_configures_when_warm_up_decoding_fails(tmp_path, ros_env):
+    """The node's warm-up runs on black frames, where a token policy may decode no chunk: configure
+    still succeeds (while running, such an observation makes the node hold: its inference-error path)."""
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.parameter import Parameter
+
+    from ki_vla_ros.embodiment import load_embodiment
+    from ki_vla_ros.ros.policy_node import SUCCESS, PolicyNode
+
+    emb = load_embodiment("franka_single_arm")
+    folder = init_model_dir(tmp_path / "m", Layout(emb.camera_names, emb.state_names, emb.action_names), "tiny")
+    b = load_model_dir(folder)
+    with torch.no_grad():
+        b.model.lm_head.weight[b.text_tokenizer.eos_id] = 0.0  # never ends: every chunk fails to decode
+    save_model_dir(folder, b.model, b.layout, b.text_tokenizer, b.action_tokenizer, b.norm_stats)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = PolicyNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in {
+        "embodiment": emb.name, "model": str(folder), "policy_class": SPEC}.items()])
+    try:
+        assert node.trigger_configure() == SUCCESS, node.configure_error
+        assert node.lifecycle_state() == "inactive" and node._warmup_ms > 0
+        images = {c.name: np.full((*c.image_size, 3), 90, np.uint8) for c in emb.cameras}
+        with pytest.raises(FastDecodeError, match="no end of sequence"):
+            node.policy.infer(Observation(images=images, state=np.zeros(len(emb.state_names)), instruction="go"))
+    finally:
+        node.shutdown()
+        node.destroy_node()
+        ctx.try_shutdown()

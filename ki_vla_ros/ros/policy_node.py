@@ -87,6 +87,7 @@ from ki_vla_ros.ros.conversions import (
 from ki_vla_ros.ros.intake import SensorIntake
 from ki_vla_ros.ros.spin import exit_process, run_node
 from ki_vla_ros.runtime.types import Observation
+from ki_vla_ros.tokenize.fast import FastDecodeError
 
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 # Every callback of this node is short (store bytes, publish, answer a service); inference runs in
@@ -326,7 +327,12 @@ class PolicyNode(LifecycleNode):
         state = self.mapper.state_for_policy(np.zeros(len(self.embodiment.state_names)))
         obs = Observation(images=images, state=state, instruction=self._p("instruction") or "warm up", stamp=0.0)
         wall0 = time.perf_counter()
-        out = self.policy.infer(obs, seed=0)
+        try:
+            out = self.policy.infer(obs, seed=0)
+        except FastDecodeError as exc:  # a token-decoding policy may find no chunk for black frames: it
+            self._warmup_ms = (time.perf_counter() - wall0) * 1000.0  # holds whenever that happens while running
+            self.get_logger().warning(f"warm-up on a synthetic observation: {exc}")
+            return
         self._warmup_ms = (time.perf_counter() - wall0) * 1000.0
         self.mapper.actions_for_embodiment(out.actions)
 
