@@ -24,6 +24,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("ki_vla_ros.export.cli:export_main", "write a model folder's ONNX files (and TensorRT engines)"),
     "import": ("ki_vla_ros.train.import_checkpoint:import_main", "a π0.5 checkpoint (LeRobot / openpi) to a "
                "model folder"),
+    "study": ("ki_vla_ros.study.run:study_main", "the recipe study: every recipe from one vision-language base, "
+              "measured over training (resumable)"),
     "init-model": ("ki_vla_ros.runtime.init_model:init_model_main", "make a random-weight model folder "
                    "for an embodiment (commissioning, tests)"),
 }

@@ -1,0 +1,1 @@
+"""The recipe study (`ki-vla study`): every recipe from one vision-language base, measured over training."""
