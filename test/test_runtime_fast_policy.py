@@ -71,7 +71,6 @@ def test_chunk_from_ids_is_the_tokenizer_round_trip(folder):
         policy.chunk_from_ids([5, *policy.prompt.action_ids(tokens)])  # a text id among the action ids
 
 
-@pytest.mark.slow
 def test_a_model_trained_on_one_chunk_decodes_it(tmp_path, folder):
     """Backbone trained a few steps on one robot example (prefix ';\\nAction: ', target: FAST ids + <eos>,
     as the data pipeline builds it); the policy, loaded through the node's policy_class hook, returns
@@ -120,7 +119,6 @@ def test_decoding_failure_and_refusals(tmp_path, folder):
         FastTokenPolicy.load(tmp_path / "pi0")
 
 
-@pytest.mark.slow
 def test_policy_node_configures_when_warm_up_decoding_fails(tmp_path, ros_env):
     """The node's warm-up runs on black frames, where a token policy may decode no chunk: configure
     still succeeds (while running, such an observation makes the node hold: its inference-error path)."""

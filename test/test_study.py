@@ -136,9 +136,10 @@ class EvalDouble:
         if len(self.calls) == self.kill_at:
             raise KeyboardInterrupt
         ok = float(step == 6)
-        return {"overall": {"success_rate": ok, "instruction_following_rate": ok, "episodes": 1},
+        return {"overall": {"success_rate": ok, "instruction_following_rate": ok, "episodes": 2},
                 "per_task": {"pick_red_left": {"success_rate": ok}},
-                "episodes": [{"inference_ms_p50": 10.0 if not policy_class else 30.0, "policy_holds": 0}]}
+                "episodes": [{"inference_ms_p50": 10.0 if not policy_class else 30.0, "policy_holds": 0, "chunks": 9},
+                             {"inference_ms_p50": 0.0, "policy_holds": 1, "chunks": 0}]}  # nothing published
 
 
 @pytest.mark.slow
@@ -195,5 +196,7 @@ def test_tiny_study_resumes_after_kills(tmp_path):
     assert (vqa["accuracy"], vqa["n"]) == (direct["accuracy"], 4)
     table = (tmp_path / "study/table.md").read_text()
     assert "| `ki` | 1 | 6 | 100% | 100% | 100% | 100% |" in table and "| `pi0_fast` | 1 | 6 | — |" in table
+    fast = ResultStore(tmp_path / "study/results.jsonl").get("pi0_fast", 0, 6, "fast_canonical")
+    assert (fast["inference_ms_p50"], fast["chunks"], fast["holds"]) == (30.0, 9, 1)  # latency of published chunks
 
     assert Study(cfg, EvalDouble(kill_at=1), log=lines.append).run() == tmp_path / "study/table.md"  # all done

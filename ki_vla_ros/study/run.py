@@ -90,11 +90,14 @@ class ClosedLoopEval:
 
 
 def closed_loop_values(results: dict) -> dict:
-    """The study's numbers from a `ki-vla eval` results.json."""
+    """The study's numbers from a `ki-vla eval` results.json. The chunk latency is the median over the
+    episodes that published chunks of the node's per-episode median (None when no chunk came: e.g.
+    every FAST decoding failed, and the node held)."""
     o, episodes = results["overall"], results["episodes"]
-    lat = [e["inference_ms_p50"] for e in episodes if e.get("inference_ms_p50") is not None]
+    lat = [e["inference_ms_p50"] for e in episodes if e.get("chunks") and e.get("inference_ms_p50") is not None]
     return {"success_rate": o["success_rate"], "instruction_following_rate": o["instruction_following_rate"],
             "episodes": o["episodes"], "inference_ms_p50": float(np.median(lat)) if lat else None,
+            "chunks": int(sum(e.get("chunks", 0) for e in episodes)),
             "holds": int(sum(e.get("policy_holds", 0) for e in episodes)),
             "per_task": {t: r["success_rate"] for t, r in results["per_task"].items()}}
 
