@@ -108,6 +108,11 @@ def test_table_and_plots_from_stored_results(tmp_path):
                       "| 0.55 [0.60, 0.50] | 0.200 [0.200, 0.200] | 0.50 [0.50, 0.50] |"]
     for name in ("curves.png", "timing.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (out / "table.md").unlink()
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study_dict(tmp_path, recipes=["pi0", "ki", "joint"])))
+    assert study_main(["--config", str(path), "--out", str(out), "--report-only"]) == 0  # trains nothing
+    assert (out / "table.md").read_text() == table and not (out / "runs").exists()
 
 
 def test_closed_loop_adapter_passes_ki_vla_eval_its_arguments(tmp_path):
