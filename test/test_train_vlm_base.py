@@ -122,3 +122,26 @@ def test_robot_training_starts_from_the_vlm_base(tmp_path):
     start = load_file(str(tmp_path / "vlm_base/weights.safetensors"))
     after = load_file(str(tmp_path / "robot/checkpoints/step_000001/model.safetensors"))
     assert start.keys() == after.keys() and all(torch.equal(start[k], after[k]) for k in start)
+
+
+def test_collate_drops_camera_slots_no_example_fills():
+    """Single-image VLM examples in three camera slots: the batch keeps one slot, the loss is the same."""
+    from ki_vla_ros.data.examples import ExampleBuilder
+    from ki_vla_ros.tokenize.prompt import PromptBuilder, collate
+    from ki_vla_ros.tokenize.text import TextTokenizer
+
+    torch.manual_seed(0)
+    model = KIVLA(ModelConfig.preset("tiny"))
+    c = model.config
+    tok = TextTokenizer.train(["Where is the red cube? on the left", "How many cubes? two"], vocab_size=300)
+    builder = ExampleBuilder(c, PromptBuilder(tok, c), ["cam_high", "cam_left_wrist", "cam_right_wrist"], {})
+    rng = np.random.default_rng(0)
+    exs = [builder.vlm([rng.integers(0, 255, (c.image_size, c.image_size, 3), dtype=np.uint8)], p, a)
+           for p, a in (("Where is the red cube?", "on the left"), ("How many cubes?", "two"))]
+    trimmed = collate(exs)
+    full = collate(exs, pad_to=trimmed["tokens"].shape[1])  # fixed shapes: every slot kept
+    assert full["images"].shape[1] == 3 and trimmed["images"].shape[1] == 1
+    assert torch.equal(trimmed["images"][:, 0], full["images"][:, 0])
+    torch.testing.assert_close(model.compute_loss(trimmed)["text_loss"], model.compute_loss(full)["text_loss"])
+    mixed = collate([exs[0], {**exs[1], "image_mask": np.array([False, True, False])}])
+    assert mixed["image_mask"].tolist() == [[True, False], [False, True]]  # slot 3 used by no example

@@ -175,6 +175,10 @@ def collate(examples: Sequence[dict], pad_to: int | None = None) -> dict[str, to
 
     The token keys (`tokens`, `token_kind`, `loss_mask`) are right-padded with PAD to the longest row
     (or `pad_to`, for fixed shapes); every other key is stacked (floating point as float32).
+    Without `pad_to`, camera slots that no example fills (`image_mask` all False: e.g. the wrist
+    slots in a batch of single-image VLM examples) are dropped from `images` / `image_mask`: their
+    tokens are PAD, which nothing attends to and which take no RoPE position, so the result is the
+    same, without running the vision tower and the backbone over them.
     """
     if not examples:
         raise ValueError("collate needs at least one example")
@@ -195,4 +199,8 @@ def collate(examples: Sequence[dict], pad_to: int | None = None) -> dict[str, to
         if k not in TOKEN_KEYS:
             v = torch.stack([torch.as_tensor(np.asarray(e[k])) for e in examples])
             batch[k] = v.float() if v.is_floating_point() else v  # float64 numpy -> float32
+    if pad_to is None and "images" in batch and "image_mask" in batch:
+        used = batch["image_mask"].any(0)
+        if used.any() and not used.all():
+            batch["images"], batch["image_mask"] = batch["images"][:, used], batch["image_mask"][:, used]
     return batch
