@@ -9,6 +9,7 @@ and the node's hold reasons.
 
     python benchmarks/node_rates.py --camera-rate 30 --state-rate 100 --seconds 20
     python benchmarks/node_rates.py --camera-rate 2 --state-rate 10   # a quiet baseline
+    python benchmarks/node_rates.py --threads 1   # one inference thread in the node and alone
 
 Figures depend on the machine and on what else runs: quote them with the CPU and its load.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -103,7 +105,8 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=224, help="square camera images (px)")
     ap.add_argument("--seconds", type=float, default=20.0, help="measured time after the first chunk")
     ap.add_argument("--repeats", type=int, default=30, help="policy-alone inferences")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads for the policy alone (0 = default)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="inference threads, the same for the node and the policy alone (0 = one per core)")
     ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
                     help="extra policy node parameter (repeatable)")
     opts = ap.parse_args()
@@ -119,7 +122,7 @@ def main() -> None:
                      env, logs / "stand_in.log")
     node_args = [py, "-m", "ki_vla_ros.cli", "run", "--embodiment", opts.embodiment, "--model", str(model),
                  "--backend", opts.backend, "--instruction", "pick up the red cube with the left arm",
-                 "--autostart"]
+                 "--autostart", "-p", f"threads:={opts.threads}"]
     for p in opts.param:
         node_args += ["-p", p]
     node = Child("policy_node", node_args, env, logs / "policy_node.log")
@@ -145,6 +148,8 @@ def main() -> None:
             "state_rate_hz": opts.state_rate,
             "image_size": opts.image_size,
             "seconds": opts.seconds,
+            "threads": opts.threads,
+            "load_average_1min": round(os.getloadavg()[0], 2),
             "policy_alone_ms": alone,
             "node_inference_ms": {"median_ms": float(end.get("inference_ms_p50", "nan")),
                                   "p95_ms": float(end.get("inference_ms_p95", "nan"))},
