@@ -25,7 +25,7 @@ CASES = {  # name -> ModelConfig overrides of the tiny preset
 STEPS = 4
 
 
-def reference_model(case: str) -> KIVLA:
+def reference_model(case: str, fused: bool = False) -> KIVLA:
     model = KIVLA(ModelConfig.preset("tiny", **CASES[case]))
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -38,7 +38,7 @@ def reference_model(case: str) -> KIVLA:
             else:
                 scale = 0.1
             p.copy_(r * scale)
-    return model.eval()
+    return model.eval().fuse_projections(fused)
 
 
 def reference_inputs(model: KIVLA) -> dict[str, torch.Tensor]:

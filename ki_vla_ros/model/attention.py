@@ -4,12 +4,19 @@ Backbone and expert tokens have their own Q/K/V projections (same head_dim and K
 attend in a single softmax. With ``insulate=True`` the action-token queries read the backbone's
 keys and values through a stop-gradient (`detach`): the flow loss then cannot reach the backbone
 or the vision tower, while the forward values are unchanged. This file is the only place where
-that happens.
+that happens. No backbone query ever sees an action key (masks.py), so the backbone rows' softmax
+runs over the backbone keys alone: the same numbers, without the always-masked action columns.
+
+The mask enters as an additive bias (`attention_bias`: 0 where allowed, a large finite negative
+elsewhere) laid out for the attention's query rows, built once per pass and shared by every
+layer (and, in the flow loop, by every Euler step); `attend` runs torch's fused
+scaled-dot-product attention on it.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 NEG_INF = -2.3819763e38  # large finite negative (openpi); softmax of a fully masked row stays finite
 
@@ -32,27 +39,35 @@ def rope(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
     return apply_rope(x, *rope_tables(positions, x.shape[-1], base))
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Grouped-query attention. q [B, N, H, hd], k/v [B, M, K, hd], allowed [B, N, M] -> [B, N, H*hd].
+def attention_bias(allowed: torch.Tensor, group: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """allowed [B, N, M] bool -> additive bias [B, 1, N·group, M] (0 allowed, NEG_INF not), one row per
+    (query token, query head of a KV group) in `attend`'s order. group = num_heads / num_kv_heads."""
+    b, n, m = allowed.shape
+    bias = torch.where(allowed, 0.0, NEG_INF).to(dtype)  # [B, N, M]
+    return bias[:, None, :, None, :].expand(b, 1, n, group, m).reshape(b, 1, n * group, m)
 
-    Plain batched matmuls (no einsum), query rows kept in (token, head) order so that with one KV
-    head (Gemma) every reshape is free: the ONNX graph has no transposes of activations."""
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Grouped-query attention. q [B, N, H, hd], k/v [B, M, K, hd] -> [B, N, H*hd]. `mask`: allowed
+    [B, N, M] bool, or its `attention_bias(allowed, H // K, q.dtype)` built once for many calls (or
+    any bias that broadcasts to [B, 1, N·G, M], e.g. one row [B, 1, 1, M] when all rows are alike).
+
+    Query rows in (token, head) order, so that with one KV head (Gemma) every reshape is free: the
+    ONNX graph has no transposes of activations. Runs in q's dtype (softmax accumulates in fp32)."""
     b, n, h, hd = q.shape
     m, kv = k.shape[1], k.shape[2]
     g = h // kv
-    dtype = q.dtype
+    if mask.dtype == torch.bool:
+        mask = attention_bias(mask, g, q.dtype)
     if kv == 1:  # one shared KV head: pure reshapes
-        q, k, v = q.float().reshape(b, 1, n * g, hd), k.float().reshape(b, 1, m, hd), v.float().reshape(b, 1, m, hd)
+        q, k, v = q.reshape(b, 1, n * g, hd), k.reshape(b, 1, m, hd), v.reshape(b, 1, m, hd)
     else:
-        q = q.float().reshape(b, n, kv, g, hd).transpose(1, 2).reshape(b, kv, n * g, hd)  # [B, K, N·G, hd]
-        k, v = k.float().transpose(1, 2), v.float().transpose(1, 2)  # [B, K, M, hd]
-    scores = (torch.matmul(q, k.transpose(-1, -2)) * hd**-0.5).reshape(b, kv, n, g, m)  # [B, K, N, G, M]
-    scores = torch.where(allowed[:, None, :, None, :], scores, NEG_INF)
-    probs = torch.softmax(scores, dim=-1).reshape(b, kv, n * g, m)
-    out = torch.matmul(probs, v).reshape(b, kv, n, g, hd)  # [B, K, N, G, hd]
+        q = q.reshape(b, n, kv, g, hd).transpose(1, 2).reshape(b, kv, n * g, hd)  # [B, K, N·G, hd]
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, K, M, hd]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=hd**-0.5)  # [B, K, N·G, hd]
     if kv > 1:
-        out = out.transpose(1, 2)
-    return out.reshape(b, n, h * hd).to(dtype)
+        out = out.reshape(b, kv, n, g, hd).transpose(1, 2)
+    return out.reshape(b, n, h * hd)
 
 
 def shared_attention(
@@ -62,24 +77,22 @@ def shared_attention(
     q_a: torch.Tensor | None,
     k_a: torch.Tensor | None,
     v_a: torch.Tensor | None,
-    allowed: torch.Tensor,
+    masks: tuple[torch.Tensor | None, torch.Tensor | None],
     insulate: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """One attention over backbone (b) and action (a) tokens.
 
     q_b [B, Nb, H, hd] or None (expert-only step over a cached prefix); k_b/v_b [B, Nb', K, hd]
     (Nb' = Nb, or the cached prefix length); q_a/k_a/v_a [B, Na, ...] or None (backbone only).
-    allowed [B, Nq, Nb' + Na] for the queries present, backbone rows first.
+    masks = (backbone rows over the backbone keys [B, Nb, Nb], action rows over backbone then
+    action keys [B, Na, Nb' + Na]) as `attend` takes them; None for the rows not present.
     Returns (out_b [B, Nb, H*hd] | None, out_a [B, Na, H*hd] | None).
     """
-    nb = 0 if q_b is None else q_b.shape[1]
     out_b = out_a = None
     if q_b is not None:
-        k = k_b if k_a is None else torch.cat([k_b, k_a], dim=1)
-        v = v_b if v_a is None else torch.cat([v_b, v_a], dim=1)
-        out_b = attend(q_b, k, v, allowed[:, :nb])
+        out_b = attend(q_b, k_b, v_b, masks[0])
     if q_a is not None:
         if insulate:  # eq. 5-6: sg(K_b), sg(V_b) for the action queries
             k_b, v_b = k_b.detach(), v_b.detach()
-        out_a = attend(q_a, torch.cat([k_b, k_a], dim=1), torch.cat([v_b, v_a], dim=1), allowed[:, nb:])
+        out_a = attend(q_a, torch.cat([k_b, k_a], dim=1), torch.cat([v_b, v_a], dim=1), masks[1])
     return out_b, out_a

@@ -19,15 +19,16 @@ masks.py.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ki_vla_ros.model.attention import rope_tables
+from ki_vla_ros.model.attention import attention_bias, rope_tables
 from ki_vla_ros.model.batch import Batch
 from ki_vla_ros.model.config import ModelConfig
-from ki_vla_ros.model.layers import TokenCond
+from ki_vla_ros.model.layers import Modulation, TokenCond
 from ki_vla_ros.model.masks import ACTION, FAST, PAD, PREFIX, TEXT, attention_mask
 from ki_vla_ros.model.rtc import prefix_tokens
 from ki_vla_ros.model.transformer import MixtureTransformer
@@ -52,6 +53,18 @@ def time_embedding(t: torch.Tensor, dim: int, min_period: float, max_period: flo
     return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1).to(torch.float32)
 
 
+class FlowContext(NamedTuple):
+    """What the flow steps over one prefix cache share (`KIVLA.expert_context`, once per chunk): the
+    additive attention bias of the action rows [B, 1, 1, Lp + H] (`attention.attention_bias`; every
+    action row sees the same keys: the valid prefix and all actions), the
+    RoPE tables (cos, sin) [B, H, 1, hd/2] of the action positions, and — set per step by the flow
+    loop — the expert's adaRMS modulations of that step's flow time (None: computed from t)."""
+
+    bias: torch.Tensor
+    rope: tuple[torch.Tensor, torch.Tensor]
+    mods: list[Modulation] | None = None
+
+
 def token_positions(kinds: torch.Tensor) -> torch.Tensor:
     """RoPE positions of backbone tokens: count of valid tokens before each (first valid = 0). [B, N]."""
     return (torch.cumsum((kinds != PAD).long(), dim=-1) - 1).clamp(min=0)
@@ -74,6 +87,20 @@ class KIVLA(nn.Module):
         self.action_out_proj = nn.Linear(c.expert_width, c.action_dim)
         self.time_mlp_in = nn.Linear(c.expert_width, c.expert_width)
         self.time_mlp_out = nn.Linear(c.expert_width, c.expert_width)
+
+    def fuse_projections(self, on: bool = True) -> KIVLA:
+        """Inference: stack every block's q/k/v and gate/up weights once (`layers.Block.fuse`), so a
+        layer runs one product for q, k, v and one for gate and up. The parameters (and so state dicts,
+        checkpoints and exports' inputs) keep the π0.5 layout; `train()` drops the copies, which would
+        not follow parameter updates."""
+        for block in (*self.transformer.backbone, *self.transformer.expert):
+            block.fuse(on)
+        return self
+
+    def train(self, mode: bool = True) -> KIVLA:
+        if mode:
+            self.fuse_projections(False)
+        return super().train(mode)
 
     # ---- parameter groups -------------------------------------------------------------------
     def param_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
@@ -114,15 +141,18 @@ class KIVLA(nn.Module):
         """t [B] -> the expert's adaRMS condition [B, We]: φ(t), Linear, swish, Linear, swish."""
         c = self.config
         phi = time_embedding(t, c.expert_width, c.time_min_period, c.time_max_period)
-        return F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(phi))))
+        return F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(phi.to(self.time_mlp_in.weight.dtype)))))
+
+    def action_condition(self, t: torch.Tensor, clean: torch.Tensor | None = None):
+        """t [B], clean [B, H] bool | None (action-prefix tokens: their flow time is 0) -> the time
+        condition [B, We], or per token a `TokenCond`."""
+        cond = self.time_condition(t)
+        return cond if clean is None else TokenCond(cond, self.time_condition(torch.zeros_like(t)), clean)
 
     def embed_actions(self, x_t: torch.Tensor, t: torch.Tensor, clean: torch.Tensor | None = None):
-        """x_t [B, H, D], t [B], clean [B, H] bool | None (action-prefix tokens: their flow time is 0)
-        -> action tokens [B, H, We], time condition [B, We] (or per token: `TokenCond`)."""
-        cond = self.time_condition(t)
-        if clean is not None:
-            cond = TokenCond(cond, self.time_condition(torch.zeros_like(t)), clean)
-        return self.action_in_proj(x_t), cond
+        """x_t [B, H, D], t [B], clean [B, H] bool | None -> action tokens [B, H, We] (in the weights'
+        dtype), `action_condition(t, clean)`."""
+        return self.action_in_proj(x_t.to(self.action_in_proj.weight.dtype)), self.action_condition(t, clean)
 
     def _action_positions(self, kinds: torch.Tensor, horizon: int) -> torch.Tensor:
         # actions continue after the last valid prefix token: [B, H]
@@ -229,25 +259,43 @@ class KIVLA(nn.Module):
         k, v = self.transformer.prefix_kv(emb, token_positions(kinds), attention_mask(kinds))
         return k, v, kinds == PREFIX
 
-    def expert_context(self, prefix_mask: torch.Tensor, horizon: int):
-        """What every flow step over one cache shares: the action rows of the attention mask
-        [B, H, Lp + H] and the RoPE tables of the action positions. Computed once per chunk."""
+    def expert_context(self, prefix_mask: torch.Tensor, horizon: int,
+                       dtype: torch.dtype = torch.float32) -> FlowContext:
+        """What every flow step over one cache shares (`FlowContext`, attention bias in `dtype`, the
+        cache's). Computed once per chunk."""
         b, lp = prefix_mask.shape
         prefix_kind = torch.where(prefix_mask, PREFIX, PAD)
         action_kind = torch.full((b, horizon), ACTION, dtype=torch.long, device=prefix_mask.device)
         kinds = torch.cat([prefix_kind, action_kind], 1)
-        allowed = attention_mask(kinds)[:, lp:]  # action rows [B, H, Lp + H]
+        allowed = attention_mask(kinds)[:, lp : lp + 1]  # action rows [B, 1, Lp + H]: all alike (masks.py)
         rope_a = rope_tables(self._action_positions(prefix_kind, horizon), self.config.head_dim, self.config.rope_base)
-        return allowed, rope_a
+        return FlowContext(attention_bias(allowed, 1, dtype), rope_a)  # one bias row for every query
 
-    def expert_velocity(self, k, v, prefix_mask, x_t, t, context=None, clean=None):
-        """k, v [depth, B, Lp, K, hd], prefix_mask [B, Lp] bool, x_t [B, H, D], t [B] -> velocity [B, H, D].
-        `context` = `expert_context(prefix_mask, H)`, passed in by the flow loop so it is built once;
+    def step_modulations(self, num_steps: int, clean: torch.Tensor | None,
+                         like: torch.Tensor) -> list[list[Modulation]]:
+        """The expert's adaRMS modulations of every Euler step (flow time 1 − i/num_steps), from one
+        time-MLP and one modulation product per norm for all steps together: [step][norm] ->
+        [1, 1, 3·We], or [B, H, 3·We] with `clean` [B, H] (action-prefix tokens at flow time 0).
+        `like`: a tensor with the flow's dtype and device (t is rounded to it, as the steps' t)."""
+        t = torch.tensor([1.0 - i / num_steps for i in range(num_steps)], dtype=like.dtype, device=like.device)
+        mods = [m.value for m in self.transformer.expert_modulations(self.time_condition(t))]  # per norm [S, 1, 3We]
+        steps = [[m[i : i + 1] for m in mods] for i in range(num_steps)]
+        if clean is not None:
+            alt = [m.value for m in self.transformer.expert_modulations(self.time_condition(torch.zeros_like(t[:1])))]
+            steps = [[torch.where(clean[..., None], a, m) for a, m in zip(alt, step, strict=True)] for step in steps]
+        return [[Modulation(m) for m in step] for step in steps]
+
+    def expert_velocity(self, k, v, prefix_mask, x_t, t, context: FlowContext | None = None, clean=None):
+        """k, v [depth, B, Lp, K, hd], prefix_mask [B, Lp] bool, x_t [B, H, D], t [B] -> velocity [B, H, D]
+        (x_t's dtype; the expert runs in the weights'). `context` = `expert_context(prefix_mask, H)`,
+        passed in by the flow loop so it is built once (with the step's modulations of t and clean);
         `clean` [B, H] bool marks action-prefix tokens (flow time 0)."""
-        allowed, rope_a = context if context is not None else self.expert_context(prefix_mask, x_t.shape[1])
-        x_a, cond = self.embed_actions(x_t, t, clean)
-        h_a = self.transformer.expert_over_cache(k, v, x_a, rope_a, cond, allowed, self.config.insulate)
-        return self.action_out_proj(h_a)
+        if context is None:
+            context = self.expert_context(prefix_mask, x_t.shape[1], k.dtype)
+        cond = context.mods if context.mods is not None else self.action_condition(t, clean)
+        x_a = self.action_in_proj(x_t.to(self.action_in_proj.weight.dtype))
+        h_a = self.transformer.expert_over_cache(k, v, x_a, context.rope, cond, context.bias, self.config.insulate)
+        return self.action_out_proj(h_a).to(x_t.dtype)
 
     @torch.no_grad()
     def sample_actions(self, images, image_mask, tokens, token_mask, state, noise, num_steps: int = 10,
@@ -266,18 +314,20 @@ class KIVLA(nn.Module):
         action_prefix_len on are ignored) and action_prefix_len [B] int64 in [0, H]. The first
         action_prefix_len[b] actions are held at the prefix, at flow time 0, through every step
         and come back unchanged; length 0 gives exactly the chunk without a prefix."""
-        context = self.expert_context(prefix_mask, noise.shape[1])
+        context = self.expert_context(prefix_mask, noise.shape[1], k.dtype)
         clean = None if action_prefix is None else prefix_tokens(action_prefix_len, noise.shape[1])  # [B, H]
+        mods = self.step_modulations(num_steps, clean, noise)
         x, dt = noise, -1.0 / num_steps
         if clean is not None:
             action_prefix = action_prefix.to(noise.dtype)
             x = torch.where(clean[..., None], action_prefix, x)
         for i in range(num_steps):
             t = torch.full((noise.shape[0],), 1.0 - i / num_steps, dtype=noise.dtype, device=noise.device)
+            step = context._replace(mods=mods[i])
             if clean is None:
-                x = x + dt * self.expert_velocity(k, v, prefix_mask, x, t, context)
+                x = x + dt * self.expert_velocity(k, v, prefix_mask, x, t, step)
             else:
-                vel = self.expert_velocity(k, v, prefix_mask, x, t, context, clean)
+                vel = self.expert_velocity(k, v, prefix_mask, x, t, step, clean)
                 x = torch.where(clean[..., None], action_prefix, x + dt * vel)
         return x
 

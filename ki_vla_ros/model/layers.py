@@ -35,6 +35,14 @@ class TokenCond(NamedTuple):
     use_alt: torch.Tensor
 
 
+class Modulation(NamedTuple):
+    """An adaRMS modulation computed ahead of the norm (`AdaRMSNorm.modulate`): scale|shift|gate
+    [B | 1, 1 | N, 3D]. The flow loop computes every step's at once (kivla.py: `step_modulations`);
+    training passes the condition and the norm computes it (inside the block, as FSDP needs)."""
+
+    value: torch.Tensor
+
+
 class AdaRMSNorm(nn.Module):
     """Adaptive RMSNorm (π0.5): one Linear of the condition gives scale, shift, gate (in that order).
 
@@ -49,17 +57,31 @@ class AdaRMSNorm(nn.Module):
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | TokenCond) -> tuple[torch.Tensor, torch.Tensor]:
-        # x [B, N, D], cond [B, C] -> y [B, N, D], gate [B, 1, D]; cond TokenCond -> gate [B, N, D]
+    def modulate(self, cond: torch.Tensor | TokenCond) -> Modulation:
+        """cond [B, C] -> scale|shift|gate [B, 1, 3D]; a TokenCond -> [B, N, 3D]."""
         if isinstance(cond, TokenCond):
-            mod = torch.where(cond.use_alt[..., None], self.modulation(cond.alt)[:, None],
-                              self.modulation(cond.cond)[:, None])
-        else:
-            mod = self.modulation(cond)[:, None]
-        scale, shift, gate = mod.chunk(3, dim=-1)
+            return Modulation(torch.where(cond.use_alt[..., None], self.modulation(cond.alt)[:, None],
+                                          self.modulation(cond.cond)[:, None]))
+        return Modulation(self.modulation(cond)[:, None])
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | TokenCond | Modulation):
+        # x [B, N, D], cond [B, C] -> y [B, N, D], gate [B, 1, D]; cond TokenCond -> gate [B, N, D]
+        mod = cond if isinstance(cond, Modulation) else self.modulate(cond)
+        scale, shift, gate = mod.value.chunk(3, dim=-1)
         xf = x.float()
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (y * (1.0 + scale) + shift).to(x.dtype), gate
+
+
+def _stack(*parts: nn.Linear) -> torch.Tensor:
+    """One [sum(out), in] matrix of the parts' weights; each weight becomes a view into it."""
+    with torch.no_grad():
+        stacked = torch.cat([p.weight for p in parts])
+        row = 0
+        for p in parts:
+            p.weight.data = stacked[row : row + p.weight.shape[0]]
+            row += p.weight.shape[0]
+    return stacked
 
 
 class GeGLU(nn.Module):
@@ -68,9 +90,14 @@ class GeGLU(nn.Module):
         self.gate_proj = nn.Linear(width, mlp_dim, bias=False)
         self.up_proj = nn.Linear(width, mlp_dim, bias=False)
         self.down_proj = nn.Linear(mlp_dim, width, bias=False)
+        self.register_buffer("gate_up_weight", None, persistent=False)  # `Block.fuse`
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        if self.gate_up_weight is not None:  # inference: one product (`Block.fuse`)
+            gate, up = F.linear(x, self.gate_up_weight).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
@@ -106,18 +133,31 @@ class Block(nn.Module):
         self.o_proj = nn.Linear(num_heads * head_dim, width, bias=False)
         self.mlp_norm = norm()
         self.mlp = GeGLU(width, mlp_dim)
+        self.register_buffer("qkv_weight", None, persistent=False)  # `fuse`
 
-    def qkv(self, x: torch.Tensor, cond: torch.Tensor | TokenCond | None):
-        # x [B, N, W] -> q [B, N, H, hd], k/v [B, N, K, hd], gate [B, 1 | N, W] | None
+    def fuse(self, on: bool = True) -> None:
+        """Inference: stack q/k/v and gate/up weights (one matrix product each instead of three and
+        two per call). The parameters stay, as views into the stacked matrices (no second copy in
+        memory); state dicts keep the π0.5 layout. Training keeps the separate products (the stacks
+        pass no gradient; `KIVLA.train()` drops them). on=False drops them."""
+        self.qkv_weight = _stack(self.q_proj, self.k_proj, self.v_proj) if on else None
+        self.mlp.gate_up_weight = _stack(self.mlp.gate_proj, self.mlp.up_proj) if on else None
+
+    def qkv(self, x: torch.Tensor, cond: torch.Tensor | TokenCond | Modulation | None):
+        # x [B, N, W], cond: the expert's condition (or its attention norm's `Modulation`), None in
+        # the backbone -> q [B, N, H, hd], k/v [B, N, K, hd], gate [B | 1, 1 | N, W] | None
         b, n, _ = x.shape
         h, gate = self.attn_norm(x, cond)
-        q = self.q_proj(h).view(b, n, self.num_heads, self.head_dim)
-        k = self.k_proj(h).view(b, n, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(h).view(b, n, self.num_kv_heads, self.head_dim)
-        return q, k, v, gate
+        if self.qkv_weight is not None:  # inference: one product (`fuse`)
+            hq, hk = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+            q, k, v = F.linear(h, self.qkv_weight).split([hq, hk, hk], dim=-1)
+        else:
+            q, k, v = self.q_proj(h), self.k_proj(h), self.v_proj(h)
+        shape = (b, n, -1, self.head_dim)
+        return q.view(shape), k.view(shape), v.view(shape), gate
 
-    def finish(self, x: torch.Tensor, attn: torch.Tensor, gate, cond: torch.Tensor | TokenCond | None) -> torch.Tensor:
-        # x [B, N, W], attn [B, N, H*hd] -> [B, N, W]
+    def finish(self, x: torch.Tensor, attn: torch.Tensor, gate, cond) -> torch.Tensor:
+        # x [B, N, W], attn [B, N, H*hd], cond as in `qkv` (or the MLP norm's `Modulation`) -> [B, N, W]
         x = gated_residual(x, self.o_proj(attn), gate)
         h, gate = self.mlp_norm(x, cond)
         return gated_residual(x, self.mlp(h), gate)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ki_vla_ros.model.attention import apply_rope, rope, shared_attention
+from ki_vla_ros.model.attention import apply_rope, attention_bias, rope_tables, shared_attention
 from ki_vla_ros.model.config import ModelConfig
-from ki_vla_ros.model.layers import AdaRMSNorm, Block, RMSNorm, TokenCond
+from ki_vla_ros.model.layers import AdaRMSNorm, Block, Modulation, RMSNorm, TokenCond
 
 
 class MixtureTransformer(nn.Module):
@@ -27,6 +27,18 @@ class MixtureTransformer(nn.Module):
         self.backbone_norm = RMSNorm(cfg.width, cfg.norm_eps)
         self.expert_norm = AdaRMSNorm(cfg.expert_width, cfg.expert_width, cfg.norm_eps)
 
+    @property
+    def group(self) -> int:
+        """Query heads per KV head."""
+        return self.cfg.num_heads // self.cfg.num_kv_heads
+
+    def expert_modulations(self, cond: torch.Tensor | TokenCond) -> list[Modulation]:
+        """The expert's adaRMS modulations for a condition [R, We] (or `TokenCond`): one per norm, in
+        the order layer 0 attention, layer 0 MLP, ..., final norm; each [R, 1 | N, 3·We]. Inference
+        (outside the blocks' calls, so not under FSDP)."""
+        norms = [n for la in self.expert for n in (la.attn_norm, la.mlp_norm)] + [self.expert_norm]
+        return [n.modulate(cond) for n in norms]
+
     def forward(
         self,
         x_b: torch.Tensor,
@@ -40,15 +52,21 @@ class MixtureTransformer(nn.Module):
         """Joint pass. x_b [B, Nb, W], pos_b [B, Nb]; x_a [B, Na, We] | None, pos_a [B, Na], cond [B, We]
         (or a per-token `TokenCond`); allowed [B, Nb+Na, Nb+Na].
         Returns final-normed (h_b [B, Nb, W], h_a [B, Na, We] | None)."""
-        base = self.cfg.rope_base
+        c, nb = self.cfg, x_b.shape[1]
+        rope_b = rope_tables(pos_b, c.head_dim, c.rope_base)
+        masks = (attention_bias(allowed[:, :nb, :nb], self.group, x_b.dtype), None)
+        rope_a = None
+        if x_a is not None:
+            masks = (masks[0], attention_bias(allowed[:, nb:], self.group, x_a.dtype))
+            rope_a = rope_tables(pos_a, c.head_dim, c.rope_base)
         for lb, la in zip(self.backbone, self.expert, strict=True):
             q_b, k_b, v_b, g_b = lb.qkv(x_b, None)
-            q_b, k_b = rope(q_b, pos_b, base), rope(k_b, pos_b, base)
+            q_b, k_b = apply_rope(q_b, *rope_b), apply_rope(k_b, *rope_b)
             q_a = k_a = v_a = g_a = None
             if x_a is not None:
                 q_a, k_a, v_a, g_a = la.qkv(x_a, cond)
-                q_a, k_a = rope(q_a, pos_a, base), rope(k_a, pos_a, base)
-            o_b, o_a = shared_attention(q_b, k_b, v_b, q_a, k_a, v_a, allowed, insulate)
+                q_a, k_a = apply_rope(q_a, *rope_a), apply_rope(k_a, *rope_a)
+            o_b, o_a = shared_attention(q_b, k_b, v_b, q_a, k_a, v_a, masks, insulate)
             x_b = lb.finish(x_b, o_b, g_b, None)
             if x_a is not None:
                 x_a = la.finish(x_a, o_a, g_a, cond)
@@ -60,14 +78,16 @@ class MixtureTransformer(nn.Module):
         """Backbone alone over the prefix. x_b [B, Lp, W], allowed [B, Lp, Lp]
         -> k, v [depth, B, Lp, K, hd] (keys after RoPE). The last layer's MLP is skipped (unused)."""
         ks, vs = [], []
-        base = self.cfg.rope_base
+        c = self.cfg
+        rope_b = rope_tables(pos_b, c.head_dim, c.rope_base)
+        masks = (attention_bias(allowed, self.group, x_b.dtype), None)  # once for every layer
         for i, lb in enumerate(self.backbone):
             q, k, v, g = lb.qkv(x_b, None)
-            q, k = rope(q, pos_b, base), rope(k, pos_b, base)
+            q, k = apply_rope(q, *rope_b), apply_rope(k, *rope_b)
             ks.append(k)
             vs.append(v)
             if i + 1 < len(self.backbone):
-                o, _ = shared_attention(q, k, v, None, None, None, allowed, False)
+                o, _ = shared_attention(q, k, v, None, None, None, masks, False)
                 x_b = lb.finish(x_b, o, g, None)
         return torch.stack(ks), torch.stack(vs)
 
@@ -77,17 +97,18 @@ class MixtureTransformer(nn.Module):
         v_cache: torch.Tensor,
         x_a: torch.Tensor,
         rope_a: tuple[torch.Tensor, torch.Tensor],
-        cond: torch.Tensor | TokenCond,
-        allowed: torch.Tensor,
+        cond: torch.Tensor | TokenCond | list[Modulation],
+        bias: torch.Tensor,
         insulate: bool = True,
     ) -> torch.Tensor:
         """Expert alone, reading the cached prefix. k/v_cache [depth, B, Lp, K, hd], x_a [B, Na, We],
-        rope_a = (cos, sin) [B, Na, 1, hd/2] of the action positions (`attention.rope_tables`),
-        allowed [B, Na, Lp+Na] (action rows) -> final-normed h_a [B, Na, We]."""
-        cos, sin = rope_a
+        rope_a = (cos, sin) [B, Na, 1, hd/2] of the action positions (`attention.rope_tables`), cond
+        [B, We] (or `TokenCond`, or its `expert_modulations`), bias = `attention_bias` of the action
+        rows -> final-normed h_a [B, Na, We]."""
+        conds = cond if isinstance(cond, list) else [cond] * (2 * len(self.expert) + 1)
         for i, la in enumerate(self.expert):
-            q, k, v, g = la.qkv(x_a, cond)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            _, o = shared_attention(None, k_cache[i], v_cache[i], q, k, v, allowed, insulate)
-            x_a = la.finish(x_a, o, g, cond)
-        return self.expert_norm(x_a, cond)[0]
+            q, k, v, g = la.qkv(x_a, conds[2 * i])
+            q, k = apply_rope(q, *rope_a), apply_rope(k, *rope_a)
+            _, o = shared_attention(None, k_cache[i], v_cache[i], q, k, v, (None, bias), insulate)
+            x_a = la.finish(x_a, o, g, conds[2 * i + 1])
+        return self.expert_norm(x_a, conds[-1])[0]
