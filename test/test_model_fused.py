@@ -28,6 +28,7 @@ def test_fused_model_keeps_its_state_dict_and_memory_and_training_drops_the_stac
 
     model.train()
     assert block.qkv_weight is None and block.mlp.gate_up_weight is None
+    assert len({storage(getattr(block, n).weight) for n in ("q_proj", "k_proj", "v_proj")}) == 3  # own memory
     model.compute_loss(synthetic_batch(model.config, batch_size=2, mix="both"))["loss"].backward()
     for name in ("q_proj", "k_proj", "v_proj"):
         assert getattr(block, name).weight.grad.abs().sum() > 0, name

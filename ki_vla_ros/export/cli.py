@@ -3,6 +3,12 @@
     ki-vla export --model DIR                          ONNX into an existing model folder
     ki-vla export --checkpoint CKPT --out DIR          training checkpoint (or run folder: its latest)
                                                        -> model folder DIR, then its ONNX
+    ki-vla export --model DIR --precision fp32,bf16,int8
+                                                       also bf16 / int8: written where they are files
+                                                       (bf16 ONNX for TensorRT, int8 for ONNX Runtime)
+                                                       and checked against fp32 on the backends that
+                                                       run them here (torch bf16, onnxruntime int8);
+                                                       the results go to DIR/precisions.json
 """
 
 from __future__ import annotations
@@ -12,19 +18,40 @@ import json
 import time
 from pathlib import Path
 
-from ki_vla_ros.export.onnx_export import export_onnx
+from ki_vla_ros.export.onnx_export import PRECISIONS, export_onnx
 from ki_vla_ros.runtime.model_dir import load_model_dir
+from ki_vla_ros.runtime.precision import CHECKED_ON, verify_precision
 
 
 def export_model_dir(model_dir: str | Path, num_steps: int | None = None,
-                     precisions: tuple[str, ...] = ("fp32",), prompt_tokens: int | None = None) -> dict:
+                     precisions: tuple[str, ...] = ("fp32",), prompt_tokens: int | None = None,
+                     check: bool = True) -> dict:
+    """ONNX files of the model folder; with `check`, every precision other than fp32 is also checked
+    against fp32 on the backends that run it here (runtime/precision.py) and recorded."""
     bundle = load_model_dir(model_dir)
     steps = num_steps or bundle.manifest.num_flow_steps
     spec = export_onnx(bundle.model, bundle.path / "onnx", num_cameras=len(bundle.layout.camera_names),
                        prompt_tokens=prompt_tokens or bundle.config.max_prefix_tokens, num_steps=steps,
                        weights_sha256=bundle.weights_sha256, precisions=precisions)
-    return {"onnx_dir": str(bundle.path / "onnx"), "num_steps": spec.num_steps, "prefix_len": spec.prefix_len,
-            "precisions": spec.precisions}
+    result = {"onnx_dir": str(bundle.path / "onnx"), "num_steps": spec.num_steps, "prefix_len": spec.prefix_len,
+              "precisions": spec.precisions}
+    if check:
+        result["checks"] = check_precisions(bundle.path, precisions, steps)
+    return result
+
+
+def check_precisions(model_dir: Path, precisions: tuple[str, ...], num_steps: int) -> dict:
+    """{"backend/precision": check entry, or the reason it could not run here}."""
+    import torch
+
+    out = {}
+    for precision in precisions:
+        for backend in CHECKED_ON.get(precision, ()):
+            if backend == "torch" and precision == "fp16" and not torch.cuda.is_available():
+                out[f"{backend}/{precision}"] = "not checked: fp16 on torch needs a GPU"
+                continue
+            out[f"{backend}/{precision}"] = verify_precision(model_dir, backend, precision, num_steps)
+    return out
 
 
 def export_main(argv: list[str]) -> int:
@@ -37,10 +64,15 @@ def export_main(argv: list[str]) -> int:
     parser.add_argument("--num-steps", type=int, default=None, help="Euler steps unrolled into the flow loop "
                         "(default: the model's num_flow_steps)")
     parser.add_argument("--precision", default="fp32",
-                        help="comma-separated ONNX precisions to write: fp32, fp16, bf16 (TensorRT builds "
-                             "strongly typed engines from these)")
+                        help="comma-separated precisions: fp32 (always written), bf16 / fp16 (ONNX for TensorRT; "
+                             "bf16 also checked on torch), int8 (ONNX Runtime, dynamically quantised); every one "
+                             "but fp32 is checked against fp32 here and recorded in DIR/precisions.json")
     parser.add_argument("--engine", action="store_true", help="also build the TensorRT engines (GPU only)")
     args = parser.parse_args(argv)
+    precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or not precisions:
+        parser.error(f"--precision: {', '.join(unknown) or 'nothing given'}; choose from {', '.join(PRECISIONS)}")
     if bool(args.model) == bool(args.checkpoint):
         parser.error("give either --model DIR or --checkpoint CKPT --out DIR")
     if args.checkpoint:
@@ -54,12 +86,11 @@ def export_main(argv: list[str]) -> int:
             print(json.dumps({"model_dir": str(args.out)}))
             return 0
     start = time.perf_counter()
-    precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
     result = export_model_dir(args.model, args.num_steps, precisions)
     if args.engine:
         from ki_vla_ros.runtime import Policy
 
-        for precision in precisions:
+        for precision in (p for p in precisions if p != "int8"):
             Policy.load(args.model, backend="tensorrt", num_steps=result["num_steps"], precision=precision)
     result["seconds"] = round(time.perf_counter() - start, 2)
     print(json.dumps(result))

@@ -11,14 +11,18 @@
 3. ``expert_step.onnx`` — a single velocity evaluation (x_t, t, cache -> v), for debugging.
 
 The graphs are traced from the model's own `prefix_cache` and `flow_from_cache` /
-`expert_velocity`, so ONNX and torch share one definition of the flow step. Precision variants
-(fp16 / bf16, for TensorRT's strongly typed builds) cast the weights and keep fp32 inputs and
-outputs at the graph boundary.
+`expert_velocity`, so ONNX and torch share one definition of the flow step, in the inference
+layout (q/k/v and gate/up as one product each, `KIVLA.fuse_projections`). Precision variants keep
+fp32 inputs and outputs at the graph boundary and the Euler integration in fp32: fp16 / bf16 (for
+TensorRT's strongly typed builds) cast the weights; int8 (ONNX Runtime on CPU) is the fp32 graph,
+constant-folded by ONNX Runtime, with its matrix products dynamically quantised (int8 weights per
+output channel, activations quantised per call). fp32 is always written: it is the reference.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +38,8 @@ FLOW_INPUTS = ["k", "v", "prefix_mask", "noise", "action_prefix", "action_prefix
 FLOW_OUTPUTS = ["actions"]
 STEP_INPUTS = ["k", "v", "prefix_mask", "x_t", "t"]
 STEP_OUTPUTS = ["velocity"]
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = (*DTYPES, "int8")
 # 2: the flow loop takes action_prefix / action_prefix_len. A version-1 export.json has no "version".
 EXPORT_VERSION = 2
 
@@ -97,10 +102,9 @@ class FlowLoop(nn.Module):
         self.model, self.num_steps, self.dtype = model, num_steps, dtype
 
     def forward(self, k, v, prefix_mask, noise, action_prefix, action_prefix_len):
-        d = self.dtype
-        x = self.model.flow_from_cache(k.to(d), v.to(d), prefix_mask, noise.to(d), self.num_steps,
-                                       action_prefix.to(d), action_prefix_len)
-        return x.float()
+        d = self.dtype  # the expert's; x stays fp32 (kivla.py: flow_from_cache)
+        return self.model.flow_from_cache(k.to(d), v.to(d), prefix_mask, noise, self.num_steps, action_prefix,
+                                          action_prefix_len)
 
 
 class ExpertStep(nn.Module):
@@ -110,7 +114,7 @@ class ExpertStep(nn.Module):
 
     def forward(self, k, v, prefix_mask, x_t, t):
         d = self.dtype
-        return self.model.expert_velocity(k.to(d), v.to(d), prefix_mask, x_t.to(d), t.to(d)).float()
+        return self.model.expert_velocity(k.to(d), v.to(d), prefix_mask, x_t, t)
 
 
 def example_inputs(model: KIVLA, num_cameras: int, prompt_tokens: int) -> tuple[torch.Tensor, ...]:
@@ -134,9 +138,13 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
 @torch.no_grad()
 def export_onnx(model: KIVLA, out_dir: Path, num_cameras: int, prompt_tokens: int, num_steps: int,
                 weights_sha256: str, precisions: tuple[str, ...] = ("fp32",)) -> ExportSpec:
-    """Write prefix / flow-loop / expert-step ONNX files (per precision) and export.json into
-    `out_dir`. Files are written under temporary names and renamed once all are complete."""
+    """Write prefix / flow-loop / expert-step ONNX files (per precision; fp32 always) and export.json
+    into `out_dir`. Files are written under temporary names and renamed once all are complete."""
     out_dir = Path(out_dir)
+    for precision in precisions:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    precisions = tuple(dict.fromkeys(("fp32", *precisions)))
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     c = model.config
@@ -153,11 +161,9 @@ def export_onnx(model: KIVLA, out_dir: Path, num_cameras: int, prompt_tokens: in
         weights_sha256=weights_sha256, precisions=list(precisions),
     )
     written = []
-    for precision in precisions:
-        if precision not in _DTYPES:
-            raise ValueError(f"precision must be one of {sorted(_DTYPES)}, got {precision!r}")
-        dtype = _DTYPES[precision]
-        cast = model if dtype == torch.float32 else _cast_copy(model, dtype)
+    for precision in (p for p in precisions if p in DTYPES):
+        dtype = DTYPES[precision]
+        cast = (model if dtype == torch.float32 else _cast_copy(model, dtype)).fuse_projections()
         jobs = [
             ("prefix", PrefixEncoder(cast, dtype), args, PREFIX_INPUTS, PREFIX_OUTPUTS),
             ("flow", FlowLoop(cast, num_steps, dtype), (k, v, prefix_mask, noise, action_prefix, action_prefix_len),
@@ -169,10 +175,39 @@ def export_onnx(model: KIVLA, out_dir: Path, num_cameras: int, prompt_tokens: in
             tmp = final.with_name(".tmp." + final.name)
             _export(module, inputs, tmp, in_names, out_names)
             written.append((tmp, final))
+            if precision == "fp32" and "int8" in precisions:
+                final = out_dir / spec.file(part, "int8")
+                written.append((final.with_name(".tmp." + final.name), final))
+                quantize_int8(tmp, written[-1][0])
+    model.fuse_projections(False)
     for tmp, final in written:
         tmp.replace(final)
     spec.save(out_dir / "export.json")
     return spec
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """`src` (fp32 ONNX) -> `dst`: constant-folded by ONNX Runtime's basic graph optimisation (the
+    unrolled loop's time conditions and modulations become constants), then every MatMul with a
+    constant weight dynamically quantised (onnxruntime.quantization: int8 weights per output
+    channel; activations quantised per call to uint8, VNNI / AMX int8 products on x86)."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folded = dst.with_name(dst.name + ".folded.onnx")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(folded)
+    try:
+        ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+        logging.disable(logging.WARNING)  # the quantizer reports every tensor on the root logger
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(folded, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                             per_channel=True, extra_options={"MatMulConstBOnly": True})
+    finally:
+        logging.disable(logging.NOTSET)
+        folded.unlink(missing_ok=True)
 
 
 def _cast_copy(model: KIVLA, dtype: torch.dtype) -> KIVLA:

@@ -64,7 +64,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     else:
         q = q.reshape(b, n, kv, g, hd).transpose(1, 2).reshape(b, kv, n * g, hd)  # [B, K, N·G, hd]
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, K, M, hd]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=hd**-0.5)  # [B, K, N·G, hd]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, K, N·G, hd], scale hd^-0.5
     if kv > 1:
         out = out.reshape(b, kv, n, g, hd).transpose(1, 2)
     return out.reshape(b, n, h * hd)

@@ -139,9 +139,15 @@ class Block(nn.Module):
         """Inference: stack q/k/v and gate/up weights (one matrix product each instead of three and
         two per call). The parameters stay, as views into the stacked matrices (no second copy in
         memory); state dicts keep the π0.5 layout. Training keeps the separate products (the stacks
-        pass no gradient; `KIVLA.train()` drops them). on=False drops them."""
-        self.qkv_weight = _stack(self.q_proj, self.k_proj, self.v_proj) if on else None
-        self.mlp.gate_up_weight = _stack(self.mlp.gate_proj, self.mlp.up_proj) if on else None
+        pass no gradient; `KIVLA.train()` drops them). on=False drops them and gives each parameter
+        its own memory again."""
+        qkv, gate_up = (self.q_proj, self.k_proj, self.v_proj), (self.mlp.gate_proj, self.mlp.up_proj)
+        if on:
+            self.qkv_weight, self.mlp.gate_up_weight = _stack(*qkv), _stack(*gate_up)
+        elif self.qkv_weight is not None:
+            for p in (*qkv, *gate_up):
+                p.weight.data = p.weight.data.clone()
+            self.qkv_weight = self.mlp.gate_up_weight = None
 
     def qkv(self, x: torch.Tensor, cond: torch.Tensor | TokenCond | Modulation | None):
         # x [B, N, W], cond: the expert's condition (or its attention norm's `Modulation`), None in

@@ -10,6 +10,11 @@ float32 noise [1, H, D], float32 action_prefix [1, H, D] normalised, of which th
 action_prefix_len rows count — model/rtc.py); `flow` returns float32 [1, H, D] normalised
 actions, whose first action_prefix_len rows are the prefix. The cache is opaque and stays where
 the backend computes (CPU tensors, ONNX Runtime arrays, CUDA buffers).
+
+Precision (runtime/precision.py): torch casts the weights (fp32, bf16, fp16 on CUDA) and stacks the
+q/k/v and gate/up projections once (`KIVLA.fuse_projections`); ONNX Runtime reads the export of
+that precision (fp32, or int8: dynamically quantised matrix products); TensorRT builds strongly
+typed engines from the fp32 / fp16 / bf16 exports. The Euler integration runs in fp32 throughout.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ki_vla_ros.export.onnx_export import FLOW_INPUTS, PREFIX_INPUTS, ExportSpec
+from ki_vla_ros.export.onnx_export import DTYPES, FLOW_INPUTS, PREFIX_INPUTS, ExportSpec
 from ki_vla_ros.model import KIVLA
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -32,10 +37,17 @@ class BackendError(RuntimeError):
 
 class TorchBackend:
     name = "torch"
+    precisions = ("fp32", "bf16", "fp16")
 
-    def __init__(self, model: KIVLA, num_steps: int, device: str = "cpu", compile: bool = False):
-        self.model = model.to(device).eval()
+    def __init__(self, model: KIVLA, num_steps: int, device: str = "cpu", compile: bool = False,
+                 precision: str = "fp32"):
         self.device, self.num_steps = torch.device(device), num_steps
+        if precision not in self.precisions:
+            raise BackendError(f"backend 'torch' runs {', '.join(self.precisions)}, not {precision!r}")
+        if precision == "fp16" and self.device.type == "cpu":
+            raise BackendError("backend 'torch': fp16 is for GPUs; on a CPU use bf16 (or fp32)")
+        self.precision, self.dtype = precision, DTYPES[precision]
+        self.model = model.to(device=self.device, dtype=self.dtype).eval().fuse_projections()
         self._prefix = self.model.prefix_cache
         self._flow = self.model.flow_from_cache
         if compile:
@@ -44,8 +56,9 @@ class TorchBackend:
 
     @torch.no_grad()
     def prefix(self, images, image_mask, tokens, token_mask, state) -> Any:
-        args = [torch.as_tensor(a).to(self.device) for a in (images, image_mask, tokens, token_mask, state)]
-        return self._prefix(*args)
+        images, image_mask, tokens, token_mask, state = [
+            torch.as_tensor(a).to(self.device) for a in (images, image_mask, tokens, token_mask, state)]
+        return self._prefix(images.to(self.dtype), image_mask, tokens, token_mask, state.to(self.dtype))
 
     @torch.no_grad()
     def flow(self, cache, noise: np.ndarray, action_prefix: np.ndarray | None = None,
@@ -66,7 +79,7 @@ def prefix_inputs(noise: np.ndarray, action_prefix: np.ndarray | None, action_pr
     return prefix, length
 
 
-def _check_export(onnx_dir: Path, weights_sha256: str, num_steps: int) -> ExportSpec:
+def _check_export(onnx_dir: Path, weights_sha256: str, num_steps: int, precision: str = "fp32") -> ExportSpec:
     spec_path = onnx_dir / "export.json"
     if not spec_path.is_file():
         raise BackendError(f"{spec_path}: missing; export the model first (`ki-vla export --model DIR`)")
@@ -80,28 +93,38 @@ def _check_export(onnx_dir: Path, weights_sha256: str, num_steps: int) -> Export
     if spec.num_steps != num_steps:
         raise BackendError(f"{onnx_dir}: the flow loop was exported with {spec.num_steps} steps, "
                            f"{num_steps} were asked for; re-export with --num-steps {num_steps}")
+    if precision not in spec.precisions:
+        raise BackendError(f"{onnx_dir}: no {precision} export (have {', '.join(spec.precisions)}); run "
+                           f"`ki-vla export --model DIR --precision {precision}`")
     return spec
 
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
+    precisions = ("fp32", "int8")
 
-    def __init__(self, onnx_dir: Path, weights_sha256: str, num_steps: int, threads: int | None = None):
+    def __init__(self, onnx_dir: Path, weights_sha256: str, num_steps: int, threads: int | None = None,
+                 precision: str = "fp32"):
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise BackendError(f"backend 'onnxruntime' needs the onnxruntime package: {exc}") from None
-        self.spec = _check_export(onnx_dir, weights_sha256, num_steps)
+        if precision not in self.precisions:
+            raise BackendError(f"backend 'onnxruntime' runs {', '.join(self.precisions)}, not {precision!r} "
+                               f"(bf16 / fp16: backend torch or tensorrt)")
+        self.precision = precision
+        self.spec = _check_export(onnx_dir, weights_sha256, num_steps, precision)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
         available = ort.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        wanted = ("CPUExecutionProvider",) if precision == "int8" else ("CUDAExecutionProvider", "CPUExecutionProvider")
+        providers = [p for p in wanted if p in available]
         self.providers = providers
-        self.prefix_session = ort.InferenceSession(str(onnx_dir / self.spec.file("prefix")), options,
+        self.prefix_session = ort.InferenceSession(str(onnx_dir / self.spec.file("prefix", precision)), options,
                                                    providers=providers)
-        self.flow_session = ort.InferenceSession(str(onnx_dir / self.spec.file("flow")), options,
+        self.flow_session = ort.InferenceSession(str(onnx_dir / self.spec.file("flow", precision)), options,
                                                  providers=providers)
         # inputs the graph does not read (e.g. `state` outside "continuous" state mode) are pruned
         self._prefix_inputs = {i.name for i in self.prefix_session.get_inputs()}
@@ -118,6 +141,19 @@ class OnnxRuntimeBackend:
         return self.flow_session.run(None, feeds)[0]
 
 
+def make_backend(bundle, backend: str, num_steps: int, device: str = "cpu", compile: bool = False,
+                 precision: str = "fp32", threads: int | None = None):
+    """The backend `backend` for a loaded model folder (`ModelBundle`)."""
+    if backend == "torch":
+        return TorchBackend(bundle.model, num_steps, device=device, compile=compile, precision=precision)
+    if backend == "onnxruntime":
+        return OnnxRuntimeBackend(bundle.path / "onnx", bundle.weights_sha256, num_steps, threads=threads,
+                                  precision=precision)
+    if backend == "tensorrt":
+        return TensorRTBackend(bundle.path / "onnx", bundle.weights_sha256, num_steps, precision=precision)
+    raise BackendError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+
+
 class TensorRTBackend:
     name = "tensorrt"
 
@@ -128,11 +164,8 @@ class TensorRTBackend:
             te.require_tensorrt()
         except te.TensorRTUnavailable as exc:
             raise BackendError(str(exc)) from None
-        self.spec = _check_export(onnx_dir, weights_sha256, num_steps)
         self.precision = te.pick_precision(precision)
-        if self.precision not in self.spec.precisions:
-            raise BackendError(f"{onnx_dir}: no {self.precision} ONNX export (have {self.spec.precisions}); "
-                               f"run `ki-vla export --model DIR --precision {self.precision}`")
+        self.spec = _check_export(onnx_dir, weights_sha256, num_steps, self.precision)
         cache_dir = te.engine_dir(onnx_dir, self.precision)
         timing_cache = onnx_dir / "engines" / "timing.cache"
         s = self.spec

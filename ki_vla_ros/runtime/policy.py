@@ -16,6 +16,10 @@ returns a chunk whose first d actions are A (up to float32 rounding through the 
 and whose rest continues them. Only a model trained with action prefixes (model.yaml `rtc`) can
 use one: `max_action_prefix` is its largest trained delay, 0 for any other model, which ignores
 the prefix (no inference-time guidance here). A longer prefix is cut to `max_action_prefix`.
+
+Precision (runtime/precision.py): `Policy.load(..., precision="bf16")` (torch) or "int8"
+(onnxruntime) once the model folder records that precision as checked against fp32; "auto" is
+fp32 on torch and onnxruntime, bf16 / fp16 on TensorRT.
 """
 
 from __future__ import annotations
@@ -26,14 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ki_vla_ros.runtime.backends import (
-    BACKENDS,
-    BackendError,
-    OnnxRuntimeBackend,
-    TensorRTBackend,
-    TorchBackend,
-)
+from ki_vla_ros.runtime.backends import BackendError, make_backend
 from ki_vla_ros.runtime.model_dir import Layout, ModelBundle, load_model_dir
+from ki_vla_ros.runtime.precision import require_checked, resolve_precision
 from ki_vla_ros.runtime.preprocess import images_to_model
 from ki_vla_ros.runtime.types import Observation, PolicyOutput
 from ki_vla_ros.tokenize.prompt import PromptBuilder
@@ -54,18 +53,20 @@ class Policy:
     @classmethod
     def load(cls, model_dir: str | Path, backend: str = "torch", num_steps: int | None = None,
              device: str = "cpu", compile: bool = False, precision: str = "auto",
-             threads: int | None = None, rng_seed: int | None = None) -> Policy:
+             threads: int | None = None, rng_seed: int | None = None, require_check: bool = True) -> Policy:
+        """`require_check=False` skips the precision record (for the check itself)."""
         bundle = load_model_dir(model_dir, device="cpu")
         steps = num_steps or bundle.manifest.num_flow_steps
-        if backend == "torch":
-            impl = TorchBackend(bundle.model, steps, device=device, compile=compile)
-        elif backend == "onnxruntime":
-            impl = OnnxRuntimeBackend(bundle.path / "onnx", bundle.weights_sha256, steps, threads=threads)
-        elif backend == "tensorrt":
-            impl = TensorRTBackend(bundle.path / "onnx", bundle.weights_sha256, steps, precision=precision)
-        else:
-            raise BackendError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+        precision = resolve_precision(backend, precision)
+        if require_check:
+            require_checked(bundle.path, bundle.weights_sha256, backend, precision)
+        impl = make_backend(bundle, backend, steps, device=device, compile=compile, precision=precision,
+                            threads=threads)
         return cls(bundle, impl, steps, rng_seed)
+
+    @property
+    def precision(self) -> str:
+        return self.backend.precision
 
     # ---- what the model expects --------------------------------------------------------------
     @property

@@ -1,0 +1,91 @@
+"""Precision as a runtime choice (runtime/precision.py): bf16 on torch and int8 on ONNX Runtime run
+only once the model folder records them as checked against fp32 for its weights; their action
+error against fp32 on the same inputs and noise stays under the bound; bad choices fail clearly."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from test_runtime_policy import HIGH, LAYOUT, LOW, observation
+
+from ki_vla_ros.export.cli import export_model_dir
+from ki_vla_ros.model.synthetic import open_gates
+from ki_vla_ros.runtime import BackendError, Policy
+from ki_vla_ros.runtime.init_model import init_model_dir
+from ki_vla_ros.runtime.model_dir import WEIGHTS, load_model_dir, save_model_dir
+from ki_vla_ros.runtime.precision import BOUNDS, RECORD, PrecisionError, action_error
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def checked_dir(tmp_path_factory):
+    """A tiny model folder with opened adaRMS gates (as after training), exported and checked in fp32,
+    bf16 and int8."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("models")
+    plain = init_model_dir(root / "plain", LAYOUT, preset="tiny", seed=3, state_range=(LOW, HIGH),
+                           action_range=(LOW, HIGH))
+    b = load_model_dir(plain)
+    open_gates(b.model)
+    path = save_model_dir(root / "m", b.model, b.layout, b.text_tokenizer, b.action_tokenizer, b.norm_stats)
+    with pytest.raises(PrecisionError, match=r"bf16 on torch has not been checked .* --precision bf16"):
+        Policy.load(path, precision="bf16")
+    result = export_model_dir(path, num_steps=5, precisions=("fp32", "bf16", "int8"))
+    return path, result
+
+
+def test_checked_precisions_are_recorded_and_bounded(checked_dir):
+    path, result = checked_dir
+    record = json.loads((path / RECORD).read_text())
+    assert record["weights_sha256"] == load_model_dir(path).weights_sha256
+    assert set(record["checks"]) == {"torch/bf16", "onnxruntime/int8"} == set(result["checks"])
+    for key, entry in record["checks"].items():
+        precision = key.split("/")[1]
+        assert entry["ok"] and entry["bound"] == BOUNDS[precision]
+        assert 0 < entry["mean_abs_error"] <= entry["max_abs_error"] <= BOUNDS[precision], key
+    assert sorted(json.loads((path / "onnx" / "export.json").read_text())["precisions"]) == ["bf16", "fp32", "int8"]
+
+
+@pytest.mark.parametrize("backend, precision", [("torch", "bf16"), ("onnxruntime", "int8")])
+def test_checked_precision_acts_close_to_fp32(checked_dir, backend, precision):
+    path, _ = checked_dir
+    reference = Policy.load(path, num_steps=5)
+    policy = Policy.load(path, backend=backend, num_steps=5, precision=precision)
+    assert policy.precision == precision and reference.precision == "fp32"
+    if backend == "torch":
+        assert next(policy.backend.model.parameters()).dtype == torch.bfloat16
+    error = action_error(reference, policy, observations=2)
+    assert 0 < error["max_abs_error"] <= BOUNDS[precision]
+    obs = observation(5)  # robot units: the error scales with each action's q01…q99 half-range
+    a_ref, a = reference.infer(obs, seed=1).actions, policy.infer(obs, seed=1).actions
+    assert np.abs(a - a_ref).max() <= BOUNDS[precision] * (HIGH - LOW).max() / 2
+
+
+def test_other_weights_need_a_new_check_and_a_failed_check_is_refused(checked_dir, tmp_path, monkeypatch):
+    path = tmp_path / "m"
+    shutil.copytree(checked_dir[0], path)
+    tensors = load_file(path / WEIGHTS)
+    name = sorted(tensors)[-1]
+    tensors[name] = tensors[name] * 1.01
+    save_file(tensors, path / WEIGHTS)
+    with pytest.raises(PrecisionError, match="has not been checked against fp32 for these weights"):
+        Policy.load(path, precision="bf16", num_steps=5)
+    monkeypatch.setitem(BOUNDS, "bf16", 1e-9)
+    assert export_model_dir(path, num_steps=5, precisions=("bf16",))["checks"]["torch/bf16"]["ok"] is False
+    with pytest.raises(PrecisionError, match=r"bf16 on torch failed its check \(max action error .* > 1e-09\)"):
+        Policy.load(path, precision="bf16", num_steps=5)
+
+
+def test_unsupported_precisions_are_clear_errors(checked_dir):
+    path, _ = checked_dir
+    with pytest.raises(BackendError, match="backend 'onnxruntime' runs fp32, int8, not 'bf16'"):
+        Policy.load(path, backend="onnxruntime", precision="bf16", num_steps=5, require_check=False)
+    with pytest.raises(BackendError, match="fp16 is for GPUs; on a CPU use bf16"):
+        Policy.load(path, precision="fp16", require_check=False)
+    with pytest.raises(BackendError, match="backend 'torch' runs fp32, bf16, fp16, not 'int4'"):
+        Policy.load(path, precision="int4", require_check=False)
+    assert Policy.load(path, backend="onnxruntime", num_steps=5).precision == "fp32"  # auto
