@@ -33,10 +33,11 @@ def import_class(spec: str) -> Any:
 
 def load_policy(
     model_dir: str | Path, backend: str = "torch", num_steps: int = 10, policy_class: str = "",
-    threads: int = 0,
+    threads: int = 0, precision: str = "auto",
 ) -> Any:
     """``threads`` > 0: intra-op threads of torch (and of ONNX Runtime for the project's runtime);
-    0 keeps the libraries' defaults (one per core)."""
+    0 keeps the libraries' defaults (one per core). ``precision``: the project's runtime's
+    (runtime/precision.py); a custom policy class gets it only when it is not "auto"."""
     if threads > 0:
         try:
             import torch
@@ -56,9 +57,10 @@ def load_policy(
             ) from exc
     if not hasattr(cls, "load"):
         raise ValueError(f"policy class {cls!r} has no load(model_dir, backend=..., num_steps=...) method")
-    if not policy_class and threads > 0:
-        return cls.load(str(model_dir), backend=backend, num_steps=num_steps, threads=threads)
-    return cls.load(str(model_dir), backend=backend, num_steps=num_steps)
+    kwargs = {"threads": threads} if not policy_class and threads > 0 else {}
+    if not policy_class or precision != "auto":
+        kwargs["precision"] = precision
+    return cls.load(str(model_dir), backend=backend, num_steps=num_steps, **kwargs)
 
 
 def policy_layout(policy: Any) -> tuple[list[str] | None, list[str] | None, list[str] | None]:

@@ -18,6 +18,9 @@ Parameters (the configuration ones, marked *, can be changed only while unconfig
   embodiment* (str)     name in config/embodiments/ or path to a YAML file [aloha_bimanual]
   model* (str)          model folder; '' = the embodiment's (relative to the package share dir)
   backend* (str)        torch | onnxruntime | tensorrt [torch]
+  precision* (str)      auto | fp32 | bf16 | fp16 | int8: what the backend computes in; other than
+                        fp32 only once the model folder records it as checked (docs/runtime.md,
+                        "Precision") [auto: fp32 on torch / onnxruntime, bf16 or fp16 on tensorrt]
   policy_class* (str)   '' = ki_vla_ros.runtime.Policy; 'module:Class' = custom policy hook
   num_steps* (int)      flow-matching integration steps [10]
   threads* (int)        intra-op threads for inference, 0 = the library's default (one per
@@ -94,7 +97,7 @@ COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 # a thread of its own. One executor thread does less Python work per message than several.
 EXECUTOR_THREADS = 1
 # what configure builds from: changeable only while the node is unconfigured
-CONFIG_PARAMS = ("embodiment", "model", "backend", "policy_class", "num_steps", "threads",
+CONFIG_PARAMS = ("embodiment", "model", "backend", "precision", "policy_class", "num_steps", "threads",
                  "max_instruction_chars", "control_rate_hz", "execute_steps")
 STARTUP_ERRORS = (ConfigError, ValueError, RuntimeError, OSError)
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
@@ -131,6 +134,7 @@ class PolicyNode(LifecycleNode):
         self.declare_parameter("embodiment", "aloha_bimanual", conf("name in config/embodiments/ or a YAML path"))
         self.declare_parameter("model", "", conf("model folder; '' = the embodiment's"))
         self.declare_parameter("backend", "torch", conf("torch | onnxruntime | tensorrt"))
+        self.declare_parameter("precision", "auto", conf("auto | fp32 | bf16 | fp16 | int8 (checked ones only)"))
         self.declare_parameter("policy_class", "", conf("'' = ki_vla_ros.runtime.Policy; 'module:Class' = custom"))
         self.declare_parameter("num_steps", 10, conf("flow-matching integration steps"))
         self.declare_parameter("threads", 0, conf("inference threads, 0 = one per core"))
@@ -257,6 +261,7 @@ class PolicyNode(LifecycleNode):
         self.policy = load_policy(
             model_dir,
             backend=self._p("backend"),
+            precision=self._p("precision"),
             num_steps=int(self._p("num_steps")),
             policy_class=self._p("policy_class"),
             threads=int(self._p("threads")),
