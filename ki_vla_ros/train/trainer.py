@@ -93,6 +93,23 @@ def init_weights(model: KIVLA, init: str, fmt: str, log=print) -> None:
     log(f"[train] initialised from {path} ({fmt})")
 
 
+def make_optimizer(params: list[nn.Parameter], names: dict[int, str], o, fused: bool) -> torch.optim.AdamW:
+    """AdamW over the trained parameters: weight decay on matrices except embeddings. fused: one
+    kernel for all parameters per step (CPU and CUDA; single-process runs), else torch's foreach
+    kernels (what DDP / FSDP runs use, so their results stay comparable)."""
+    decay = [p for p in params if p.ndim >= 2 and "embed" not in names[id(p)]]
+    no_decay = [p for p in params if not (p.ndim >= 2 and "embed" not in names[id(p)])]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                             fused=fused or None)
+
+
+def ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], decay: float) -> None:
+    """ema ← decay·ema + (1 − decay)·param, for all tensors in one foreach kernel."""
+    with torch.no_grad():
+        torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
+
+
 def ema_decay_at(decay: float, step: int) -> float:
     """EMA decay after `step` optimiser steps, warmed up as (1 + step) / (10 + step) so the
     average forgets the random initialisation quickly (a plain 0.999 EMA still holds 0.999^N of
@@ -159,12 +176,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         params = [named[n] for n in trained_names]
         say(f"[train] FSDP2: {world} shards (vision, backbone and expert blocks, then the root)")
     names = {id(p): n for n, p in model.named_parameters()}
-    decay = [p for p in params if p.ndim >= 2 and "embed" not in names[id(p)]]
-    no_decay = [p for p in params if not (p.ndim >= 2 and "embed" not in names[id(p)])]
     o = cfg.optim
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas),
-                                  eps=o.eps)
+    optimizer = make_optimizer(params, names, o, fused=not distributed and device.type in ("cpu", "cuda"))
     trained = {names[id(p)]: p for p in params}
     ema = {k: p.detach().clone() for k, p in trained.items()} if cfg.ema_decay > 0 else None
     _seed_all(cfg.seed * 1000 + rank + 1)  # per-rank noise / flow times
@@ -312,10 +325,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
-            decay = ema_decay_at(cfg.ema_decay, step)
-            with torch.no_grad():
-                for k, p in trained.items():
-                    ema[k].mul_(decay).add_(p.detach(), alpha=1 - decay)
+            ema_update([ema[k] for k in trained], list(trained.values()), ema_decay_at(cfg.ema_decay, step))
         step += 1
         acc_n += 1
         steps_timed += 1
