@@ -1,19 +1,25 @@
-"""Inference latency of a policy on this machine: image encoding, prefix, flow loop, total.
+"""Inference latency of a policy on this machine: prefix, flow loop and whole chunk, how close each
+stage runs to the machine's GEMM peak, and the action error of the chosen precision against fp32.
 
-Prints one JSON object: median and p95 (ms) per stage, peak resident memory, and the same model
-sampling with the prefix recomputed at every flow step (no cache), for comparison.
+    python benchmarks/latency.py --dims benchmarks/dims/peer.yaml --backend torch --precision bf16
+    python benchmarks/latency.py --preset small --cameras 3 --backend onnxruntime --precision int8
 
-    python benchmarks/latency.py --preset small --cameras 3 --backend onnxruntime --steps 10
-
-A random-weight model folder of the preset is made in a temporary directory (weights do not
-change the cost). Figures depend on the machine: quote them with its CPU/GPU and thread count.
+Prints one JSON object: median and p95 (ms) of `prefix`, `flow` (all Euler steps) and `total`
+(`Policy.infer`, preprocessing included); `gflop` and achieved `gflops` of prefix and flow loop
+(matrix-product FLOPs counted by torch's FlopCounterMode on the fp32 model); the machine's measured
+fp32 and bf16 GEMM peak (`gemm_peak_gflops`, 2048³ products with the same threads);
+`action_error_vs_fp32` — max / mean |actions − fp32 torch actions| (normalised units) on the same
+observations and noise (runtime/precision.py: the check `ki-vla export --precision` records);
+the load average while measuring. A random-weight model folder is made in a temporary directory
+(weights do not change the cost; the adaRMS gates are opened, as after training, so the error
+covers the expert), exported for ONNX Runtime, and a precision other than fp32 is checked first.
+Figures depend on the machine and its load.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import tempfile
 import time
@@ -21,86 +27,97 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from compute import add_model_args, count_flops, gemm_peaks, machine, model_overrides
 
+from ki_vla_ros.export.cli import check_precisions, export_model_dir
+from ki_vla_ros.model.synthetic import open_gates
 from ki_vla_ros.runtime import Layout, Observation, Policy
 from ki_vla_ros.runtime.init_model import init_model_dir
+from ki_vla_ros.runtime.model_dir import load_model_dir, save_model_dir
+from ki_vla_ros.runtime.precision import action_error
 
 
-def stats(samples_s: list[float]) -> dict[str, float]:
-    ms = np.asarray(samples_s) * 1e3
+def stats(samples_ms: list[float]) -> dict[str, float]:
+    ms = np.asarray(samples_ms)
     return {"median_ms": round(float(np.median(ms)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="small")
+    add_model_args(parser)
     parser.add_argument("--cameras", type=int, default=3)
     parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
+    parser.add_argument("--precision", default="fp32", help="fp32 | bf16 | int8 | fp16 (what the backend offers)")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=None, help="torch / ORT intra-op threads (default: all)")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2, help="torch / ORT intra-op threads [2]")
     parser.add_argument("--device", default="cpu", help="torch device for the torch backend")
     parser.add_argument("--compile", action="store_true", help="torch.compile the torch backend")
-    parser.add_argument("--no-uncached", action="store_true", help="skip the uncached comparison")
+    parser.add_argument("--uncached", action="store_true", help="also time the sampler that recomputes the prefix "
+                        "at every step (torch fp32)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    peaks = gemm_peaks()
 
     cams = [f"cam{i}" for i in range(args.cameras)]
     layout = Layout(cams, [f"q{i}" for i in range(14)], [f"a{i}" for i in range(14)])
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = init_model_dir(Path(tmp) / "m", layout, preset=args.preset)
+        b = load_model_dir(init_model_dir(Path(tmp) / "init", layout, preset=args.preset, **model_overrides(args)))
+        open_gates(b.model)
+        model_dir = save_model_dir(Path(tmp) / "m", b.model, b.layout, b.text_tokenizer, b.action_tokenizer,
+                                   b.norm_stats)
+        del b
+        t = time.perf_counter()
         if args.backend != "torch":
-            from ki_vla_ros.export.cli import export_model_dir
-
-            t = time.perf_counter()
-            export_model_dir(model_dir, num_steps=args.steps,
-                             precisions=("fp32",) if args.backend == "onnxruntime" else ("fp32", "fp16", "bf16"))
-            export_s = time.perf_counter() - t
-        else:
-            export_s = 0.0
+            export_model_dir(model_dir, num_steps=args.steps, precisions=(args.precision,))
+        elif args.precision != "fp32":
+            check_precisions(model_dir, (args.precision,), args.steps)
+        export_s = time.perf_counter() - t
         rng = np.random.default_rng(0)
         obs = Observation({c: rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for c in cams},
                           np.zeros(14), "pick up the red cube with the left arm")
-        # image encoding (vision tower, all views) timed in torch before a backend session exists
         reference = Policy.load(model_dir, backend="torch", num_steps=args.steps)
         model = reference.bundle.model
         inputs = [torch.as_tensor(x) for x in reference.model_inputs(obs)]
-        stages: dict[str, list[float]] = {"image_encoding": [], "prefix": [], "flow": [], "total": []}
+        noise = torch.as_tensor(reference.draw_noise(0))
         with torch.no_grad():
-            for i in range(args.repeats + 3):
-                t = time.perf_counter()
-                model.vision(inputs[0].flatten(0, 1))
-                if i >= 3:
-                    stages["image_encoding"].append(time.perf_counter() - t)
+            k, v, prefix_mask = model.prefix_cache(*inputs)
+            flops = {"prefix": count_flops(model.prefix_cache, *inputs),
+                     "flow": count_flops(model.flow_from_cache, k, v, prefix_mask, noise, args.steps)}
 
         policy = Policy.load(model_dir, backend=args.backend, num_steps=args.steps, device=args.device,
-                             compile=args.compile, threads=args.threads)
-        for _ in range(3):  # warm-up (and torch.compile / engine build)
+                             compile=args.compile, threads=args.threads, precision=args.precision)
+        error = action_error(reference, policy, observations=3)
+        for _ in range(2):  # warm-up (and torch.compile / engine build)
             policy.infer(obs, seed=0)
+        stages: dict[str, list[float]] = {"prefix": [], "flow": [], "total": []}
+        load_before = machine()["loadavg"]
         for i in range(args.repeats):
             out = policy.infer(obs, seed=i)
-            for key in ("prefix", "flow", "total"):
-                stages[key].append(out.timings_ms[key] / 1e3)
+            for key in stages:
+                stages[key].append(out.timings_ms[key])
+        medians = {key: stats(values) for key, values in stages.items()}
         result = {
-            "preset": args.preset, "cameras": args.cameras, "backend": args.backend, "steps": args.steps,
-            "threads": torch.get_num_threads() if args.threads is None else args.threads,
-            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-            "prefix_tokens": int(policy.backend.prefix(*[x.numpy() for x in inputs])[2].shape[1]),
-            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
-            **{k: stats(v) for k, v in stages.items()},
-            "control_rate_hz_max": round(1e3 / stats(stages["total"])["median_ms"], 1),
-            "export_s": round(export_s, 1),
+            "model": args.dims or args.preset, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+            "cameras": args.cameras, "prefix_tokens": int(prefix_mask.shape[1]), "backend": args.backend,
+            "precision": args.precision, "steps": args.steps, "threads": args.threads, "repeats": args.repeats,
+            **medians,
+            "gflop": {key: float(f"{f / 1e9:.3g}") for key, f in flops.items()},
+            "gflops": {key: round(flops[key] / medians[key]["median_ms"] / 1e6, 1) for key in flops},
+            "gemm_peak_gflops": peaks,
+            "action_error_vs_fp32": {k: float(f"{v:.3g}") for k, v in error.items()},
+            "control_rate_hz_max": round(1e3 / medians["total"]["median_ms"], 1),
+            "export_and_check_s": round(export_s, 1),
         }
-        if not args.no_uncached:
-            noise = torch.as_tensor(policy.draw_noise(0))
+        if args.uncached:
             samples = []
-            for _ in range(max(3, args.repeats // 4)):
+            for _ in range(3):
                 t = time.perf_counter()
                 model.sample_actions_uncached(*inputs, noise, num_steps=args.steps)
-                samples.append(time.perf_counter() - t)
+                samples.append((time.perf_counter() - t) * 1e3)
             result["uncached_torch_total"] = stats(samples)
         result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        result["machine"] = machine() | {"loadavg_before": load_before}
     print(json.dumps(result))
 
 

@@ -1,14 +1,19 @@
-"""Training-step time of the `tiny` and `small` presets on CPU, recipes `pi0` and `ki`, and the
-ki/pi0 overhead (the paper reports ≈20% for the joint objective). Also the `small` inference time
-(3 camera views + 10 Euler steps). Prints one JSON object.
+"""Training-step time on this machine: compute_loss + backward + the trainer's AdamW step on a
+synthetic batch, per recipe, with the achieved GFLOP/s against the machine's GEMM peak.
 
-    .venv/bin/python benchmarks/train_step.py [--steps 10] [--threads N] [--precision fp32|bf16] [--batch-size B]
+    python benchmarks/train_step.py --dims benchmarks/dims/peer.yaml --batch-size 4 --precision bf16
+    python benchmarks/train_step.py --preset small --recipes pi0,ki --threads 1
 
-A step = compute_loss + backward + AdamW step on a synthetic batch (`model.synthetic`): `pi0`
-batches hold only prefix tokens (flow loss); `ki` batches add FAST targets (≈1/12 of H·D tokens,
-as measured for FAST on smooth chunks) and, for half the examples, a short text answer.
-`--precision bf16`: the forward under bf16 autocast, as the trainer's `precision: bf16`
-(train/precision.py); `--batch-size` overrides the batch size of both presets.
+Prints one JSON object: `train_step_ms` (median per recipe), `gflop` per step (matrix products of
+forward and backward, counted by torch's FlopCounterMode) and achieved `gflops`, the machine's
+measured fp32 / bf16 GEMM peak (`gemm_peak_gflops`), `ki_over_pi0` when both recipes run (the
+paper reports ≈20 % for the joint objective), the load average while measuring.
+
+Batches (`model.synthetic`): `pi0` batches hold only prefix tokens (flow loss); `ki` batches add
+FAST targets (≈1/12 of H·D tokens, as measured for FAST on smooth chunks) and, for half the
+examples, a short text answer. `--precision bf16`: the forward under bf16 autocast, as the
+trainer's `precision: bf16` (train/precision.py); the optimiser is the trainer's (`make_optimizer`,
+fused AdamW in a single process). Figures depend on the machine and its load.
 """
 
 from __future__ import annotations
@@ -19,19 +24,49 @@ import statistics
 import time
 
 import torch
+from compute import add_model_args, count_flops, gemm_peaks, machine, model_config
 
-from ki_vla_ros.model import KIVLA, RECIPES, ModelConfig
-from ki_vla_ros.model.masks import PREFIX
-from ki_vla_ros.model.synthetic import open_gates, synthetic_batch
+from ki_vla_ros.model import KIVLA, RECIPES
+from ki_vla_ros.model.synthetic import synthetic_batch
+from ki_vla_ros.train.config import OptimConfig
 from ki_vla_ros.train.precision import autocast
+from ki_vla_ros.train.trainer import make_optimizer
 
-SETTINGS = {  # preset -> batch size, camera views, prefix text tokens, FAST tokens for ki
-    "tiny": dict(batch_size=8, num_views=2, prefix_len=16, fast_len=8),
-    "small": dict(batch_size=8, num_views=3, prefix_len=32, fast_len=40),
+SETTINGS = {  # preset -> camera views, prefix text tokens, FAST tokens for ki (other dims: like small)
+    "tiny": dict(num_views=2, prefix_len=16, fast_len=8),
+    "small": dict(num_views=3, prefix_len=32, fast_len=40),
 }
 
 
-def timed(fn, steps: int, warmup: int = 2) -> float:
+def train_step(config, recipe: str, batch_size: int, precision: str, views: int, prefix_len: int, fast_len: int):
+    """(step function, its matrix-product FLOPs)."""
+    torch.manual_seed(0)
+    model = KIVLA(config)
+    params = RECIPES[recipe].configure(model)
+    opt = make_optimizer(params, {id(p): n for n, p in model.named_parameters()}, OptimConfig(lr=1e-4), fused=True)
+    if recipe == "pi0":
+        batch = synthetic_batch(model.config, batch_size, views, prefix_len, text_len=0, fast_len=0, mix="action")
+    else:
+        batch = synthetic_batch(model.config, batch_size, views, prefix_len, text_len=6, fast_len=fast_len, mix="both")
+        batch["action_mask"][:] = True
+    del batch["time"]  # sample flow time as in training
+
+    def loss_backward():
+        with autocast(precision, torch.device("cpu")):
+            out = model.compute_loss(batch)
+        out["loss"].backward()
+
+    def step():
+        loss_backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    flops = count_flops(loss_backward)
+    opt.zero_grad(set_to_none=True)
+    return step, flops
+
+
+def median_ms(fn, steps: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
     times = []
@@ -42,69 +77,44 @@ def timed(fn, steps: int, warmup: int = 2) -> float:
     return statistics.median(times) * 1e3
 
 
-def train_step_ms(preset: str, recipe: str, steps: int, precision: str = "fp32") -> float:
-    torch.manual_seed(0)
-    model = KIVLA(ModelConfig.preset(preset))
-    params = RECIPES[recipe].configure(model)
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    s = SETTINGS[preset]
-    if recipe == "pi0":
-        batch = synthetic_batch(model.config, s["batch_size"], s["num_views"], s["prefix_len"], text_len=0,
-                                fast_len=0, mix="action")
-    else:
-        batch = synthetic_batch(model.config, s["batch_size"], s["num_views"], s["prefix_len"], text_len=6,
-                                fast_len=s["fast_len"], mix="both")
-        batch["action_mask"][:] = True
-    del batch["time"]  # sample flow time as in training
-
-    def step():
-        with autocast(precision, torch.device("cpu")):
-            out = model.compute_loss(batch)
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        opt.step()
-
-    return timed(step, steps)
-
-
-def inference_ms(preset: str, steps: int) -> dict[str, float]:
-    torch.manual_seed(0)
-    model = KIVLA(ModelConfig.preset(preset)).eval()
-    open_gates(model)
-    b = synthetic_batch(model.config, batch_size=1, num_views=3, prefix_len=model.config.max_prefix_tokens,
-                        text_len=0, fast_len=0, mix="action")
-    b["image_mask"][:] = True
-    mask = b["token_kind"] == PREFIX
-    args = (b["images"], b["image_mask"], b["tokens"], mask, b["state"])
-    with torch.inference_mode():
-        prefix = timed(lambda: model.prefix_cache(*args), steps)
-        k, v, pm = model.prefix_cache(*args)
-        t = torch.ones(1)
-        step = timed(lambda: model.expert_velocity(k, v, pm, b["noise"], t), steps)
-        total = timed(lambda: model.sample_actions(*args, b["noise"], num_steps=10), steps)
-    return {"prefix_ms": round(prefix, 1), "expert_step_ms": round(step, 2), "total_10_steps_ms": round(total, 1)}
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=1, help="1 by default: stable numbers on a shared CPU")
-    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="training steps only [fp32]")
-    ap.add_argument("--batch-size", type=int, default=0, help="training batch size (0: tiny 8, small 8)")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(ap)
+    ap.add_argument("--recipes", default="ki", help="comma-separated recipes to time [ki]")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--cameras", type=int, default=None, help="camera views per example [tiny 2, others 3]")
+    ap.add_argument("--prompt-tokens", type=int, default=None, help="prefix text tokens [tiny 16, small 32, "
+                    "--dims: the file's max_prefix_tokens]")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps (median) [5]")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     args = ap.parse_args()
-    if args.batch_size:
-        for s in SETTINGS.values():
-            s["batch_size"] = args.batch_size
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = {"threads": torch.get_num_threads(), "precision": args.precision, "train_step_ms": {}, "ki_over_pi0": {}}
-    for preset in ("tiny", "small"):
-        ms = {r: round(train_step_ms(preset, r, args.steps, args.precision), 1) for r in ("pi0", "ki")}
-        result["train_step_ms"][preset] = ms | {"batch": SETTINGS[preset]}
-        result["ki_over_pi0"][preset] = round(ms["ki"] / ms["pi0"] - 1.0, 3)
-    result["inference_small"] = inference_ms("small", args.steps)
-    result["params_small"] = sum(p.numel() for p in KIVLA(ModelConfig.preset("small")).parameters())
-    print(json.dumps(result, indent=1))
+    torch.set_num_threads(args.threads)
+    config = model_config(args)
+    s = dict(SETTINGS.get(args.preset, SETTINGS["small"]))
+    if args.dims:
+        s["prefix_len"] = config.max_prefix_tokens
+    s["num_views"] = args.cameras or s["num_views"]
+    s["prefix_len"] = args.prompt_tokens or s["prefix_len"]
+    peaks = gemm_peaks()
+    result = {"model": args.dims or args.preset, "params_m": round(sum(p.numel() for p in KIVLA(config).parameters())
+                                                                   / 1e6, 2),
+              "batch": args.batch_size, "cameras": s["num_views"], "prompt_tokens": s["prefix_len"],
+              "precision": args.precision, "threads": args.threads, "steps": args.steps,
+              "train_step_ms": {}, "gflop": {}, "gflops": {}}
+    load_before = machine()["loadavg"]
+    for recipe in args.recipes.split(","):
+        step, flops = train_step(config, recipe, args.batch_size, args.precision, s["num_views"], s["prefix_len"],
+                                 s["fast_len"])
+        ms = median_ms(step, args.steps)
+        result["train_step_ms"][recipe] = round(ms, 1)
+        result["gflop"][recipe] = float(f"{flops / 1e9:.3g}")
+        result["gflops"][recipe] = round(flops / ms / 1e6, 1)
+    if {"pi0", "ki"} <= set(result["train_step_ms"]):
+        result["ki_over_pi0"] = round(result["train_step_ms"]["ki"] / result["train_step_ms"]["pi0"] - 1.0, 3)
+    result["gemm_peak_gflops"] = peaks
+    result["machine"] = machine() | {"loadavg_before": load_before}
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
