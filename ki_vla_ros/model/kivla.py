@@ -57,7 +57,7 @@ class FlowContext(NamedTuple):
     """What the flow steps over one prefix cache share (`KIVLA.expert_context`, once per chunk): the
     additive attention bias of the action rows [B, 1, 1, Lp + H] (`attention.attention_bias`; every
     action row sees the same keys: the valid prefix and all actions), the
-    RoPE tables (cos, sin) [B, H, 1, hd/2] of the action positions, and — set per step by the flow
+    RoPE tables (cos, sin) [B, H, 1, hd] of the action positions, and — set per step by the flow
     loop — the expert's adaRMS modulations of that step's flow time (None: computed from t)."""
 
     bias: torch.Tensor

@@ -102,7 +102,7 @@ class MixtureTransformer(nn.Module):
         insulate: bool = True,
     ) -> torch.Tensor:
         """Expert alone, reading the cached prefix. k/v_cache [depth, B, Lp, K, hd], x_a [B, Na, We],
-        rope_a = (cos, sin) [B, Na, 1, hd/2] of the action positions (`attention.rope_tables`), cond
+        rope_a = (cos, sin) [B, Na, 1, hd] of the action positions (`attention.rope_tables`), cond
         [B, We] (or `TokenCond`, or its `expert_modulations`), bias = `attention_bias` of the action
         rows -> final-normed h_a [B, Na, We]."""
         conds = cond if isinstance(cond, list) else [cond] * (2 * len(self.expert) + 1)
