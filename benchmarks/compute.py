@@ -47,10 +47,17 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
 
 
 def count_flops(fn, *args, **kwargs) -> int:
-    """Floating-point operations of the matrix products (matmul, linear, conv, attention) in fn(*args)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """Floating-point operations of the matrix products (matmul, linear, conv, attention) in fn(*args).
+    torch's counter knows the GPU attention kernels; the CPU flash kernels get the same formulas."""
+    from torch.utils import flop_counter as fc
 
-    with FlopCounterMode(display=False) as counter:
+    aten = torch.ops.aten
+    cpu_attention = {  # argument shapes in, FLOPs out (FlopCounterMode passes shapes)
+        aten._scaled_dot_product_flash_attention_for_cpu:
+            lambda q, k, v, *rest, out_shape=None, **kw: fc.sdpa_flop_count(q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda grad_out, q, k, v, *rest, out_shape=None, **kw: fc.sdpa_backward_flop_count(grad_out, q, k, v)}
+    with fc.FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
         fn(*args, **kwargs)
     return int(counter.get_total_flops())
 
@@ -76,7 +83,7 @@ def machine() -> dict:
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "loadavg": [round(x, 2) for x in os.getloadavg()]}
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 
 def gemm_peaks() -> dict:
