@@ -1,0 +1,152 @@
+"""Fit first (issue 12, item 1): overfit a preset on a few episodes of one task under variants of
+the training settings, and measure what a grasp needs, in robot units, through the deployed path
+(checkpoint -> model folder -> `Policy` -> `eval_bag` on the training bags themselves):
+
+* ``arm_mae_rad`` — mean |action - expert command| over the working arm's six joints (rad), every
+  action of the chunks predicted every ``--stride`` s along the episodes;
+* ``first_chunk_arm_mae_rad`` — the same for the first chunk only (t = 0), the one that starts the
+  reach; ``gripper_mae`` (0 closed .. 1 open) and ``idle_arm_mae_rad`` beside them.
+
+    MUJOCO_GL=egl python -m ki_vla_ros.sim.generate --out data/overfit --episodes-per-task 2 --seed 1000 \\
+        --image-size 112 --tasks pick_red_left --vlm-scenes 0 --phrasings canonical
+    python benchmarks/overfit.py --data data/overfit --out outputs/overfit --steps 300 --variants base lr1e-3
+
+Variants (`VARIANTS`; all start from `base`, the default model's training settings at this
+scale: lr 5e-4, warm-up 100, cosine to 0.1 x lr, EMA 0.999, Beta(1.5, 1) flow times, the dataset's
+default min_quantile_range). ``time_uniform`` / ``time_low`` replace `KIVLA.sample_time` in this
+process only (a diagnostic, not a training option). A finished variant (summary.json) is reused.
+Prints and writes OUT/overfit.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ki_vla_ros.configio import from_dict
+from ki_vla_ros.control.eval_bag import evaluate_bag
+from ki_vla_ros.embodiment import load_embodiment
+from ki_vla_ros.model import KIVLA
+from ki_vla_ros.runtime.policy import Policy
+from ki_vla_ros.sim.tasks import TASKS
+from ki_vla_ros.train.checkpoint import list_checkpoints
+from ki_vla_ros.train.config import TrainConfig
+from ki_vla_ros.train.evaluate import read_csv
+from ki_vla_ros.train.to_model_dir import checkpoint_to_model_dir
+from ki_vla_ros.train.trainer import train
+
+VARIANTS: dict[str, dict] = {
+    "base": {},
+    "lr1e-3": {"optim": {"lr": 1e-3}},
+    "lr2e-4": {"optim": {"lr": 2e-4}},
+    "warmup20": {"optim": {"warmup_steps": 20}},
+    "constant_lr": {"optim": {"min_lr_ratio": 1.0}},
+    "no_ema": {"ema_decay": 0.0},
+    "no_min_range": {"dataset": {"min_quantile_range": 0.0}},  # plain q01/q99: an idle arm's state swings to ±10
+    "time_uniform": {"time": "uniform"},  # flow time t ~ U(0.001, 1)
+    "time_low": {"time": "low"},  # t ~ Beta(1, 1.5): more weight near the data end (t -> 0)
+    "time_high": {"time": "high"},  # t ~ Beta(3, 1): more weight near the noise end (t -> 1)
+    "seed1": {"seed": 1},  # base with another seed: the run-to-run noise of these numbers
+    "one_episode": {"dataset": {"max_episodes": 1}},  # the first episode only: no scene to tell apart
+}
+TIME_SAMPLERS = {
+    "uniform": lambda b, device: torch.rand(b, device=device) * 0.999 + 0.001,
+    "low": lambda b, device: _beta(1.0, 1.5, b, device),
+    "high": lambda b, device: _beta(3.0, 1.0, b, device),
+}
+
+
+def _beta(a: float, b_: float, n: int, device) -> torch.Tensor:
+    return torch.distributions.Beta(torch.tensor(a), torch.tensor(b_)).sample((n,)).to(device) * 0.999 + 0.001
+
+
+def run_config(args, name: str) -> tuple[dict, str]:
+    v = copy.deepcopy(VARIANTS[name])
+    dataset = {"name": "sim", "type": "rosbag", "path": str(Path(args.data) / "bags"), "embodiment": "aloha_bimanual",
+               "action_source": "commanded", "val_episodes": 0, **v.pop("dataset", {})}
+    cfg = {"run_dir": str(Path(args.out) / name), "datasets": [dataset], "model": {"preset": args.preset},
+           "recipe": args.recipe, "seed": 0, "steps": args.steps, "batch_size": args.batch_size,
+           "optim": {"lr": 5e-4, "warmup_steps": 100, "min_lr_ratio": 0.1, **v.pop("optim", {})},
+           "ema_decay": 0.999, "precision": args.precision, "threads": args.threads, "log_every": 10,
+           "eval_every": 0, "checkpoint_every": args.steps, "keep_checkpoints": 1, "progress": False,
+           "cache_dir": str(Path(args.out) / "cache")}
+    time = v.pop("time", "")
+    cfg.update(v)
+    return cfg, time
+
+
+def arm_errors(report: dict, arm: str) -> dict:
+    per = report["mae_per_action"]
+    other = "right" if arm == "left" else "left"
+    joints = [k for k in per if k.startswith(f"{arm}_") and not k.endswith("gripper")]
+    idle = [k for k in per if k.startswith(f"{other}_") and not k.endswith("gripper")]
+    return {"arm_mae_rad": float(np.mean([per[k] for k in joints])), "gripper_mae": per[f"{arm}_gripper"],
+            "idle_arm_mae_rad": float(np.mean([per[k] for k in idle]))}
+
+
+def measure(model_dir: Path, data: Path, stride: float, episodes: int = 0) -> dict:
+    """Errors on the first ``episodes`` episodes of episodes.jsonl (0: all), the ones trained on."""
+    emb = load_embodiment("aloha_bimanual")
+    policy = Policy.load(model_dir)
+    rows = [json.loads(line) for line in (data / "episodes.jsonl").read_text().splitlines()]
+    rows = rows[:episodes] if episodes else rows
+    h = policy.action_horizon
+    out = {"all": [], "first": []}
+    for r in rows:
+        arm = TASKS[r["task"]].arm
+        bag, said = data / r["bag"], r["instruction"]
+        out["all"].append(arm_errors(evaluate_bag(bag, policy, emb, said, stride_s=stride, execute_steps=h), arm))
+        out["first"].append(arm_errors(evaluate_bag(bag, policy, emb, said, max_samples=1, execute_steps=h), arm))
+    res = {k: round(float(np.mean([e[k] for e in out["all"]])), 4) for k in out["all"][0]}
+    res["first_chunk_arm_mae_rad"] = round(float(np.mean([e["arm_mae_rad"] for e in out["first"]])), 4)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help="sim dataset folder (episodes.jsonl, bags/)")
+    ap.add_argument("--out", default="outputs/overfit")
+    ap.add_argument("--variants", nargs="+", default=["base"], choices=list(VARIANTS))
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--recipe", default="pi0")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--stride", type=float, default=0.2, help="seconds between compared chunks [0.2]")
+    args = ap.parse_args()
+    out = Path(args.out)
+    previous = out / "overfit.json"  # variants measured by earlier invocations stay in the table
+    results = json.loads(previous.read_text())["results"] if previous.is_file() else {}
+    original = KIVLA.sample_time
+    for name in args.variants:
+        cfg_dict, time = run_config(args, name)
+        cfg = from_dict(TrainConfig, cfg_dict)
+        run_dir = Path(cfg.run_dir)
+        if (run_dir / "summary.json").is_file():
+            summary = json.loads((run_dir / "summary.json").read_text())
+        else:
+            KIVLA.sample_time = (lambda self, b, device, f=TIME_SAMPLERS[time]: f(b, device)) if time else original
+            try:
+                summary = train(cfg, resume=bool(list_checkpoints(run_dir)))
+            finally:
+                KIVLA.sample_time = original
+        model_dir = run_dir / "model"
+        if not (model_dir / "model.yaml").is_file():
+            checkpoint_to_model_dir(run_dir, model_dir)
+        log = read_csv(run_dir / "train_log.csv")
+        results[name] = {"steps": summary["steps"], "seconds": summary["seconds"],
+                         "flow_loss_last50_steps": round(float(np.mean(log["flow_loss"][-5:])), 4),
+                         **measure(model_dir, Path(args.data), args.stride, cfg.datasets[0].max_episodes)}
+        print(name, json.dumps(results[name]), flush=True)
+    previous.write_text(json.dumps({"settings": vars(args), "results": results}, indent=1))
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
