@@ -4,8 +4,11 @@ stage runs to the machine's GEMM peak, and the action error of the chosen precis
     python benchmarks/latency.py --dims benchmarks/dims/peer.yaml --backend torch --precision bf16
     python benchmarks/latency.py --preset small --cameras 3 --backend onnxruntime --precision int8
 
-Prints one JSON object: median and p95 (ms) of `prefix`, `flow` (all Euler steps) and `total`
-(`Policy.infer`, preprocessing included); `gflop` and achieved `gflops` of prefix and flow loop
+Prints one JSON object: median and p95 wall time (ms) of `prefix`, `flow` (all Euler steps) and
+`total` (`Policy.infer`, preprocessing included), and the median CPU time of each (`cpu_ms`, all
+threads: on a shared machine the 1-thread CPU time is the figure that holds; OMP_WAIT_POLICY=PASSIVE
+keeps idle threads from spinning, see docs/runtime.md); `gflop` and achieved `gflops` (wall) of
+prefix and flow loop
 (matrix-product FLOPs counted by torch's FlopCounterMode on the fp32 model); the machine's measured
 fp32 and bf16 GEMM peak (`gemm_peak_gflops`, 2048³ products with the same threads);
 `action_error_vs_fp32` — max / mean |actions − fp32 torch actions| (normalised units) on the same
@@ -91,12 +94,23 @@ def main() -> None:
         for _ in range(2):  # warm-up (and torch.compile / engine build)
             policy.infer(obs, seed=0)
         stages: dict[str, list[float]] = {"prefix": [], "flow": [], "total": []}
+        cpu: dict[str, list[float]] = {"prefix": [], "flow": [], "total": []}
         load_before = machine()["loadavg"]
+        inputs_np = policy.model_inputs(obs)
         for i in range(args.repeats):
+            c0 = time.process_time()
             out = policy.infer(obs, seed=i)
+            c1 = time.process_time()
+            cache = policy.backend.prefix(*inputs_np)
+            c2 = time.process_time()
+            policy.backend.flow(cache, policy.draw_noise(i))
+            c3 = time.process_time()
             for key in stages:
                 stages[key].append(out.timings_ms[key])
-        medians = {key: stats(values) for key, values in stages.items()}
+            for key, seconds in (("total", c1 - c0), ("prefix", c2 - c1), ("flow", c3 - c2)):
+                cpu[key].append(seconds * 1e3)
+        medians = {key: stats(values) | {"cpu_ms": round(float(np.median(cpu[key])), 2)}
+                   for key, values in stages.items()}
         result = {
             "model": args.dims or args.preset, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
             "cameras": args.cameras, "prefix_tokens": int(prefix_mask.shape[1]), "backend": args.backend,

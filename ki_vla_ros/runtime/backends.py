@@ -15,10 +15,16 @@ Precision (runtime/precision.py): torch casts the weights (fp32, bf16, fp16 on C
 q/k/v and gate/up projections once (`KIVLA.fuse_projections`); ONNX Runtime reads the export of
 that precision (fp32, or int8: dynamically quantised matrix products); TensorRT builds strongly
 typed engines from the fp32 / fp16 / bf16 exports. The Euler integration runs in fp32 throughout.
+
+Threads: OMP_WAIT_POLICY=PASSIVE in the environment (before torch is imported) makes idle
+inference threads sleep instead of spinning, in torch's OpenMP pool and ONNX Runtime's; on a CPU
+shared with other busy processes this keeps multi-threaded inference from stalling
+(docs/runtime.md, "Speed").
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +124,8 @@ class OnnxRuntimeBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":  # as torch's OpenMP threads: sleep, not spin
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = ort.get_available_providers()
         wanted = ("CPUExecutionProvider",) if precision == "int8" else ("CUDAExecutionProvider", "CPUExecutionProvider")
         providers = [p for p in wanted if p in available]
