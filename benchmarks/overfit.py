@@ -40,6 +40,8 @@ from ki_vla_ros.train.evaluate import read_csv
 from ki_vla_ros.train.to_model_dir import checkpoint_to_model_dir
 from ki_vla_ros.train.trainer import train
 
+ALOHA_ARM_JOINTS = [f"{side}_{j}" for side in ("left", "right") for j in
+                    ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")]
 VARIANTS: dict[str, dict] = {
     "base": {},
     "lr1e-3": {"optim": {"lr": 1e-3}},
@@ -53,6 +55,9 @@ VARIANTS: dict[str, dict] = {
     "time_high": {"time": "high"},  # t ~ Beta(3, 1): more weight near the noise end (t -> 1)
     "seed1": {"seed": 1},  # base with another seed: the run-to-run noise of these numbers
     "one_episode": {"dataset": {"max_episodes": 1}},  # the first episode only: no scene to tell apart
+    # arm joints as offsets from the observed state (openpi's ALOHA rule), grippers absolute
+    "delta": {"dataset": {"delta_actions": ALOHA_ARM_JOINTS}},
+    "delta_one_episode": {"dataset": {"delta_actions": ALOHA_ARM_JOINTS, "max_episodes": 1}},
 }
 TIME_SAMPLERS = {
     "uniform": lambda b, device: torch.rand(b, device=device) * 0.999 + 0.001,

@@ -61,14 +61,14 @@ def test_chunk_from_ids_is_the_tokenizer_round_trip(folder):
     policy = FastTokenPolicy.load(folder)
     chunk = smooth_chunks(1, policy.action_horizon, 6, seed=11)[0]  # normalised
     tokens = policy.action_tokenizer.encode(chunk)
-    actions = policy.chunk_from_ids(policy.prompt.action_ids(tokens))
+    actions = policy.chunk_from_ids(policy.prompt.action_ids(tokens), np.zeros(6))
     stats = policy.bundle.norm_stats.actions
     np.testing.assert_allclose(actions, stats.denormalize(policy.action_tokenizer.decode(tokens, len(chunk), 6)))
     assert np.abs(stats.normalize(actions) - chunk).max() < 0.1  # FAST rounding (test_tokenize_fast.py)
     with pytest.raises(FastDecodeError, match="FAST decoding failed: .*coefficients"):
-        policy.chunk_from_ids(policy.prompt.action_ids(tokens[:-1]))
+        policy.chunk_from_ids(policy.prompt.action_ids(tokens[:-1]), np.zeros(6))
     with pytest.raises(FastDecodeError, match="FAST decoding failed: .*not in the vocabulary"):
-        policy.chunk_from_ids([5, *policy.prompt.action_ids(tokens)])  # a text id among the action ids
+        policy.chunk_from_ids([5, *policy.prompt.action_ids(tokens)], np.zeros(6))  # a text id among the action ids
 
 
 def test_a_model_trained_on_one_chunk_decodes_it(tmp_path, folder):

@@ -35,6 +35,9 @@ class DatasetConfig:
     # percentile range is narrower than this (robot units: rad, m, gripper) is widened to it around
     # its midpoint, so an idle joint's noise does not normalise to ±10 (0: plain q01/q99)
     min_quantile_range: float = 0.02
+    # action names learned as offsets from the state of the same name at the observation
+    # (delta_actions.py; openpi's ALOHA rule: the arm joints, not the grippers); [] = absolute
+    delta_actions: list[str] = field(default_factory=list)
     # vlm
     val_fraction: float = 0.1  # held-out share of images
 
@@ -48,6 +51,11 @@ class DatasetConfig:
         if self.norm_stats == "dataset" and self.type != "lerobot":
             raise ValueError(f"norm_stats: 'dataset' reads a LeRobot dataset's meta/stats.json; {self.type} "
                              f"datasets use 'compute'")
+        if self.delta_actions and self.norm_stats == "dataset":
+            raise ValueError("delta_actions: the dataset's meta/stats.json describes absolute actions; use "
+                             "norm_stats: compute (statistics of the relative chunks)")
+        if self.delta_actions and self.type == "vlm":
+            raise ValueError("delta_actions: only robot datasets have actions")
         if self.min_quantile_range < 0:
             raise ValueError(f"min_quantile_range: must be >= 0, got {self.min_quantile_range}")
         if not 0 <= self.val_fraction < 1:

@@ -6,8 +6,9 @@ the key hashes the source files' sizes and times and every reading option), so a
 another rank — does not decode video or bags again. The cache is written episode by episode as the
 reader yields them, so reading holds about one decoded episode in memory.
 
-`RobotDataset(episodes, horizon)` lists every usable (episode, step) pair; `raw(i)` gives the
-sample in robot units: images, state, the action chunk [H, Da] and the instruction.
+`RobotDataset(episodes, horizon, delta)` lists every usable (episode, step) pair; `raw(i)` gives the
+sample in robot units: images, state, the action chunk [H, Da] (delta dims relative to the state,
+`DeltaActions`) and the instruction.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 from ki_vla_ros.data.config import DatasetConfig
 from ki_vla_ros.data.episode import Episode, LoadReport
 from ki_vla_ros.data.errors import EpisodeError
+from ki_vla_ros.delta_actions import DeltaActions
 
 CACHE_VERSION = 2  # 2: images resized in float (LeRobot rule), int() sizes
 
@@ -34,6 +36,7 @@ def _fingerprint(cfg: DatasetConfig, image_size: int) -> str:
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     h = hashlib.sha1()
     ignored = {"name": "", "weight": 0, "val_episodes": 0, "min_quantile_range": 0,
+               "delta_actions": [],
                "norm_stats": ""}  # not used in reading
     h.update(json.dumps({"v": CACHE_VERSION, "cfg": dataclasses.asdict(cfg) | ignored,
                          "size": image_size, "root": str(root)}, sort_keys=True).encode())
@@ -142,9 +145,12 @@ def split_episodes(episodes: list[Episode], val_episodes: int, seed: int) -> tup
     return [e for i, e in enumerate(episodes) if i not in val], [e for i, e in enumerate(episodes) if i in val]
 
 
+NO_DELTA = DeltaActions(np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+
 class RobotDataset:
-    def __init__(self, episodes: list[Episode], horizon: int):
-        self.episodes, self.horizon = episodes, horizon
+    def __init__(self, episodes: list[Episode], horizon: int, delta: DeltaActions = NO_DELTA):
+        self.episodes, self.horizon, self.delta = episodes, horizon, delta
         pairs = [(ei, int(k)) for ei, e in enumerate(episodes) for k in e.sample_steps(horizon)]
         self.index = np.asarray(pairs, np.int64).reshape(-1, 2)
 
@@ -155,11 +161,19 @@ class RobotDataset:
         ei, k = self.index[i]
         e = self.episodes[ei]
         return {"images": np.asarray(e.images[k]), "image_mask": e.image_mask[k], "state": e.state[k],
-                "chunk": e.chunk(int(k), self.horizon), "instruction": e.instruction,
+                "chunk": self.delta.to_model(e.chunk(int(k), self.horizon), e.state[k]), "instruction": e.instruction,
                 "camera_names": e.camera_names}
 
-    def state_action_rows(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every valid step's state and action (for normalisation statistics)."""
+    def state_action_rows(self, delta_stride: int = 2) -> tuple[np.ndarray, np.ndarray]:
+        """Rows for normalisation statistics: every valid step's state, and every valid step's action
+        — with delta actions, every action of the chunks of every `delta_stride`-th sample step (the
+        offsets grow along the chunk, so statistics need all of its steps)."""
         s = [e.state[e.valid] for e in self.episodes]
-        a = [e.actions[e.valid] for e in self.episodes]
+        if not self.delta.active:
+            return np.concatenate(s), np.concatenate([e.actions[e.valid] for e in self.episodes])
+        a = []
+        for e in self.episodes:
+            k = e.sample_steps(self.horizon)[::delta_stride]
+            idx = np.minimum(k[:, None] + np.arange(self.horizon), len(e) - 1)  # [K, H]
+            a.append(self.delta.to_model(e.actions[idx], e.state[k]).reshape(-1, e.actions.shape[1]))
         return np.concatenate(s), np.concatenate(a)

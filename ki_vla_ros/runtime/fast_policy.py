@@ -118,16 +118,16 @@ class FastTokenPolicy(Policy):
     def max_action_prefix(self) -> int:
         return 0  # decoding does not continue a running chunk
 
-    def chunk_from_ids(self, model_ids: list[int]) -> np.ndarray:
-        """Decoded model ids (without <eos>) -> actions [H, n_actions] in robot units; FastDecodeError
-        when they are not one chunk's encoding."""
+    def chunk_from_ids(self, model_ids: list[int], state: np.ndarray) -> np.ndarray:
+        """Decoded model ids (without <eos>) -> actions [H, n_actions] in robot units (`state`: the
+        observation's, for delta actions); FastDecodeError when they are not one chunk's encoding."""
         n = len(self.layout.action_names)
         tokens = self.prompt.action_tokens_from_ids(model_ids)
         try:
             chunk = self.action_tokenizer.decode(tokens, self.action_horizon, n)
         except FastDecodeError as exc:
             raise FastDecodeError(f"FAST decoding failed: {exc}") from None
-        return self.bundle.norm_stats.actions.denormalize(np.asarray(chunk, np.float64))
+        return self.actions_to_robot(chunk, state)
 
     def infer(self, obs: Observation, seed: int | None = None, noise=None, action_prefix=None) -> PolicyOutput:
         t0 = time.perf_counter()
@@ -139,7 +139,7 @@ class FastTokenPolicy(Policy):
         if not ended:
             raise FastDecodeError(f"FAST decoding failed: no end of sequence within {self.max_new_tokens} "
                                   f"action tokens")
-        actions = self.chunk_from_ids(ids)
+        actions = self.chunk_from_ids(ids, obs.state)
         if not np.isfinite(actions).all():
             raise FloatingPointError("FAST decoding produced NaN or inf actions; refusing to return them")
         t3 = time.perf_counter()

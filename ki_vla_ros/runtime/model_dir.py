@@ -1,7 +1,8 @@
 """The model folder: the on-disk format every part of the project reads and writes.
 
     <model_dir>/
-      model.yaml              manifest: format version, ModelConfig, layout, recipe, flow steps, and
+      model.yaml              manifest: format version, ModelConfig, layout (cameras, state and action
+                              names, the action dims predicted relative to the state), recipe, flow steps, and
                               `rtc` (action-prefix conditioning the weights were trained with)
       weights.safetensors     all parameters (never pickles)
       text_tokenizer.json     the text tokenizer (`tokenizers` JSON), or text_tokenizer.model
@@ -30,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ki_vla_ros.configio import ConfigError, dump_config, load_config
+from ki_vla_ros.delta_actions import DeltaActions
 from ki_vla_ros.model import KIVLA, ModelConfig
 from ki_vla_ros.model.rtc import RtcConfig
 from ki_vla_ros.normalize import NormStats
@@ -62,6 +64,8 @@ class Layout:
     state_names: list[str]
     action_names: list[str]
     control_rate_hz: float = 50.0
+    # action names predicted as offsets from the state of the same name (delta_actions.py); [] = absolute
+    delta_actions: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         for key in ("camera_names", "state_names", "action_names"):
@@ -72,6 +76,10 @@ class Layout:
                 raise ValueError(f"{key}: names must be unique, got {names}")
         if self.control_rate_hz <= 0:
             raise ValueError(f"control_rate_hz: must be positive, got {self.control_rate_hz}")
+        self.delta()
+
+    def delta(self) -> DeltaActions:
+        return DeltaActions.from_names(self.delta_actions, self.action_names, self.state_names)
 
 
 @dataclass

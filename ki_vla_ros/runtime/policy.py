@@ -44,6 +44,7 @@ class Policy:
         self.config = bundle.config
         self.prompt = PromptBuilder(bundle.text_tokenizer, bundle.config)
         self.rng = np.random.default_rng(rng_seed)
+        self.delta = self.layout.delta()
         spec = getattr(backend, "spec", None)
         self.prompt_tokens = spec.prompt_tokens if spec else self.config.max_prefix_tokens
         if spec and spec.num_cameras != len(self.layout.camera_names):
@@ -115,10 +116,18 @@ class Policy:
         c = self.config
         return rng.standard_normal((1, c.action_horizon, c.action_dim)).astype(np.float32)
 
-    def prefix_for_model(self, action_prefix: np.ndarray) -> tuple[np.ndarray | None, int]:
+    def actions_to_robot(self, actions_norm: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """The model's normalised actions [H, >= n_actions] -> robot units [H, n_actions]: denormalised,
+        and the state added back to the delta dims (Layout.delta_actions)."""
+        n = len(self.layout.action_names)
+        actions = self.bundle.norm_stats.actions.denormalize(np.asarray(actions_norm, np.float64)[:, :n])
+        return self.delta.to_robot(actions, state)
+
+    def prefix_for_model(self, action_prefix: np.ndarray, state: np.ndarray) -> tuple[np.ndarray | None, int]:
         """Robot-unit prefix [d, n_actions] -> (normalised, zero-padded [1, H, D] float32, length), cut
         to `max_action_prefix`; (None, 0) for a model without prefix training or an empty prefix.
-        Raises ValueError on a wrong shape or NaN/inf."""
+        `state`: the observation's state (delta dims are made relative to it). Raises ValueError on a
+        wrong shape or NaN/inf."""
         names = self.layout.action_names
         prefix = np.asarray(action_prefix, np.float64)
         if prefix.ndim != 2 or prefix.shape[1] != len(names) or len(prefix) > self.action_horizon:
@@ -130,7 +139,7 @@ class Policy:
         if d == 0:
             return None, 0
         out = np.zeros((1, self.config.action_horizon, self.config.action_dim), np.float32)
-        out[0, :d, : len(names)] = self.bundle.norm_stats.actions.normalize(prefix[:d])
+        out[0, :d, : len(names)] = self.bundle.norm_stats.actions.normalize(self.delta.to_model(prefix[:d], state))
         return out, d
 
     def infer(self, obs: Observation, seed: int | None = None, noise: np.ndarray | None = None,
@@ -139,15 +148,14 @@ class Policy:
         inputs = self.model_inputs(obs)
         noise = self.draw_noise(seed) if noise is None else np.asarray(noise, np.float32).reshape(
             1, self.config.action_horizon, self.config.action_dim)
-        prefix, prefix_len = (None, 0) if action_prefix is None else self.prefix_for_model(action_prefix)
+        prefix, prefix_len = (None, 0) if action_prefix is None else self.prefix_for_model(action_prefix, obs.state)
         t1 = time.perf_counter()
         cache = self.backend.prefix(*inputs)
         _sync(cache)
         t2 = time.perf_counter()
         actions_norm = self.backend.flow(cache, noise, prefix, prefix_len)[0]
         t3 = time.perf_counter()
-        n = len(self.layout.action_names)
-        actions = self.bundle.norm_stats.actions.denormalize(actions_norm[:, :n].astype(np.float64))
+        actions = self.actions_to_robot(actions_norm, obs.state)
         if not np.isfinite(actions).all():
             raise FloatingPointError("the model produced NaN or inf actions; refusing to return them")
         t4 = time.perf_counter()

@@ -25,6 +25,7 @@ from ki_vla_ros.data.lerobot import dataset_norm_stats
 from ki_vla_ros.data.mixture import MixtureSampler
 from ki_vla_ros.data.robot import RobotDataset, load_robot_episodes, split_episodes
 from ki_vla_ros.data.vlm import load_vlm_jsonl, read_image, split_by_image
+from ki_vla_ros.delta_actions import DeltaActions
 from ki_vla_ros.model.config import ModelConfig
 from ki_vla_ros.model.recipes import get_recipe
 from ki_vla_ros.normalize import NormStats, QuantileStats
@@ -147,8 +148,10 @@ def prepare_data(cfg: TrainConfig, rank: int = 0, fit_assets: bool = True, barri
             eps, rep = robot_eps[d.name]
             tr_eps, va_eps = split_episodes(eps, d.val_episodes, cfg.seed)
             horizon = _horizon(cfg)
-            trains.append(RobotDataset(tr_eps, horizon))
-            vals.append(RobotDataset(va_eps, horizon))
+            delta = DeltaActions.from_names(d.delta_actions, eps[0].action_names, eps[0].state_names,
+                                            f"datasets '{d.name}': delta_actions")
+            trains.append(RobotDataset(tr_eps, horizon, delta))
+            vals.append(RobotDataset(va_eps, horizon, delta))
             if not len(trains[-1]):
                 raise DatasetError(d.path, no_samples_problem(d, rep, horizon, held_out=len(vals[-1])))
             rep.samples = len(trains[-1]) + len(vals[-1])
@@ -279,7 +282,7 @@ def _fit_assets(cfg, assets: Path, names, kinds, trains, export, reports, log) -
     ei = names.index(export)
     ep0 = trains[ei].episodes[0]
     dump_config(Layout(list(ep0.camera_names), list(ep0.state_names), list(ep0.action_names),
-                       float(ep0.control_rate_hz)), assets / "layout.yaml")
+                       float(ep0.control_rate_hz), list(dcfg[export].delta_actions)), assets / "layout.yaml")
 
     # a published tokenizer, or the one of the model folder training starts from (its embeddings
     # were trained with those ids), copied as it is
