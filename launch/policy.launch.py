@@ -13,7 +13,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, GroupAction, RegisterEventHandler
 from launch.conditions import IfCondition
 from launch.events import matches_action
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode, PushRosNamespace
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
@@ -94,6 +94,9 @@ def generate_launch_description():
         namespace="",
         output="screen",
         parameters=[LaunchConfiguration("params_file"), overrides],
+        # OpenMP threads that sleep when idle instead of spinning: on a CPU shared with drivers and
+        # other nodes, spinning inference threads starve each other (docs/runtime.md, "Threads")
+        additional_env={"OMP_WAIT_POLICY": EnvironmentVariable("OMP_WAIT_POLICY", default_value="PASSIVE")},
     )
     activate = IfCondition(LaunchConfiguration("activate"))
 

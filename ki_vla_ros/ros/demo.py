@@ -75,6 +75,7 @@ def ros_child_env(domain: int | None = None) -> dict[str, str]:
     if "ROS_DOMAIN_ID" not in os.environ:
         os.environ["ROS_DOMAIN_ID"] = str(domain if domain is not None else 1 + os.getpid() % 100)
     os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # sim and policy share the CPU: no spinning threads
     env = dict(os.environ)
     pkg_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, env.get("PYTHONPATH", "")]))
