@@ -281,6 +281,12 @@ def resolve_model_dir(model: str, embodiment: Embodiment | None = None) -> Path:
     return share_dir() / p
 
 
+def missing_model_hint(model: str, embodiment: str, pass_it: str = "model:=DIR (`ki-vla run --model DIR`)") -> str:
+    """One line: model folder `model` not found, and how to make one or which to pass."""
+    return (f"model folder {model} not found: make one with `ki-vla init-model {model} --embodiment {embodiment}` "
+            f"(random weights, for commissioning), train one (docs/training.md) or pass {pass_it}")
+
+
 __all__ = [
     "CameraConfig",
     "StateSourceConfig",

@@ -480,19 +480,14 @@ def save_joint_plot(rec: dict, names, path: Path, title: str = "") -> Path:
 
 def resolve_model(model: str) -> Path:
     """The model folder (``--model`` or the embodiment's default); DemoError with how to make one."""
-    from ki_vla_ros.embodiment import load_embodiment, resolve_model_dir
+    from ki_vla_ros.embodiment import load_embodiment, missing_model_hint, resolve_model_dir
 
     emb = load_embodiment("aloha_bimanual")
     path = resolve_model_dir(model, emb)
     if not (path / "model.yaml").is_file():
         if model:
             raise DemoError(f"{path} is not a model folder (no model.yaml)")
-        raise DemoError(
-            f"the default model '{emb.model}' was not found ({path}).\n"
-            "Train one (ki-vla train ...) or, to try the pipeline with random weights, make one:\n"
-            f"  ki-vla init-model {emb.model} --embodiment aloha_bimanual --preset tiny\n"
-            "or pass --model DIR."
-        )
+        raise DemoError(missing_model_hint(emb.model, emb.name, "--model DIR"))
     return path
 
 

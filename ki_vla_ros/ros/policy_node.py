@@ -78,7 +78,7 @@ from ki_vla_ros.configio import ConfigError
 from ki_vla_ros.control.chunk import UnsafeChunkError, stale_sources
 from ki_vla_ros.control.executor import ChunkExecutor
 from ki_vla_ros.control.policy_loader import LayoutMapper, load_policy
-from ki_vla_ros.embodiment import Embodiment, load_embodiment, resolve_model_dir
+from ki_vla_ros.embodiment import Embodiment, load_embodiment, missing_model_hint, resolve_model_dir
 from ki_vla_ros.ros.conversions import (
     chunk_to_multiarray,
     compressed_to_rgb,
@@ -253,10 +253,7 @@ class PolicyNode(LifecycleNode):
         model_dir = resolve_model_dir(self._p("model"), emb)
         if not self._p("policy_class") and not model_dir.exists():
             model = self._p("model") or emb.model
-            raise ConfigError(
-                f"model folder {model} not found: make one with `ki-vla init-model {model} --embodiment "
-                f"{emb.name}` (random weights, for commissioning) or pass model:=DIR (`ki-vla run --model DIR`)"
-            )
+            raise ConfigError(missing_model_hint(model, emb.name))
         self.get_logger().info(f"loading policy from {model_dir} (backend {self._p('backend')})")
         self.policy = load_policy(
             model_dir,
