@@ -149,3 +149,20 @@ def test_ema_warm_up_forgets_the_initialisation():
         d = ema_decay_at(0.999, step)
         ema = d * ema + (1 - d) * 1.0
     assert ema > 0.97
+
+
+def test_init_from_a_folder_of_other_sizes_is_one_line(tmp_path):
+    from ki_vla_ros.embodiment import load_embodiment
+    from ki_vla_ros.model import KIVLA, ModelConfig
+    from ki_vla_ros.runtime.init_model import init_model_dir
+    from ki_vla_ros.runtime.model_dir import Layout
+    from ki_vla_ros.train.trainer import init_weights
+
+    emb = load_embodiment("aloha_bimanual")
+    folder = init_model_dir(tmp_path / "m", Layout(emb.camera_names, emb.state_names, emb.action_names), "tiny")
+    model = KIVLA(ModelConfig.preset("tiny", action_dim=24))
+    with pytest.raises(ValueError) as info:
+        init_weights(model, str(folder), "auto", log=lambda *a: None)
+    text = str(info.value)
+    assert "\n" not in text and text.startswith(f"model.init: {folder} has other sizes")
+    assert "action_" in text and " vs " in text and "model.yaml" in text

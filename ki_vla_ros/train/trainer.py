@@ -82,6 +82,13 @@ def init_weights(model: KIVLA, init: str, fmt: str, log=print) -> None:
         from safetensors.torch import load_file
 
         tensors = load_file(str(path / "weights.safetensors"))
+        own = model.state_dict()
+        wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in tensors.items()
+                 if k in own and v.shape != own[k].shape]
+        if wrong:
+            raise ValueError(f"model.init: {path} has other sizes than this run's model ({len(wrong)} tensors, "
+                             f"e.g. {wrong[0]}, the folder's vs this run's); use the preset and overrides it was "
+                             f"made with (its model.yaml)")
         missing, unexpected = model.load_state_dict(tensors, strict=False)
         if missing or unexpected:
             raise ValueError(f"{path}: weights do not match the model: missing {missing[:5]}, "
