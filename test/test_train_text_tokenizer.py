@@ -68,7 +68,8 @@ def test_text_tokenizer_errors_name_the_key(data, tmp_path):
     cfg = _cfg(data, tmp_path / "b", too_big)
     cfg["model"]["overrides"]["vocab_size"] = 800  # text ids below 800 - 256 FAST - 256 state bins = 288
     cfg = from_dict(TrainConfig, cfg)
-    with pytest.raises(ValueError, match=r"tokenizers\.text_tokenizer_path: .* more than the model's text id range"):
+    with pytest.raises(ValueError, match=r"tokenizers\.text_tokenizer_path: .* encodes .* with id \d+, inside the "
+                                         r"model's state/action id range \(text ids must be < 288"):
         train(cfg, log=lambda *a: None)
     no_pad = _sentencepiece(tmp_path / "nopad.model", 300, pad_id=-1)
     with pytest.raises(ValueError, match=r"tokenizers\.text_tokenizer_path: .* no pad token"):
@@ -77,3 +78,19 @@ def test_text_tokenizer_errors_name_the_key(data, tmp_path):
         bad = _cfg(data, tmp_path / "d", no_pad)
         bad["tokenizers"]["text_vocab_size"] = 100
         from_dict(TrainConfig, bad)
+
+
+def test_a_larger_tokenizer_whose_tail_the_run_never_uses_trains(data, tmp_path):
+    """Like Gemma's tokenizer under π0.5, whose action ids overlay its rarely used tail: more ids than
+    the model's text range is fine while the run's text never produces one of them."""
+    from tokenizers import AddedToken, Tokenizer
+
+    src = tmp_path / "tokenizer.json"
+    TextTokenizer.train(["pick up the red cube", "Which colour is the cube? red"], vocab_size=280).save(src)
+    tok = Tokenizer.from_file(str(src))
+    tok.add_tokens([AddedToken(f"<unused{i}>", special=True) for i in range(20)])  # ids 280..299, never produced
+    tok.save(str(src))
+    assert TextTokenizer.load(src).vocab_size == 300
+    cfg = _cfg(data, tmp_path / "run", src)
+    cfg["model"]["overrides"]["vocab_size"] = 800  # text ids below 288
+    train(from_dict(TrainConfig, cfg), log=lambda *a: None)

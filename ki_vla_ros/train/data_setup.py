@@ -29,7 +29,7 @@ from ki_vla_ros.delta_actions import DeltaActions
 from ki_vla_ros.model.config import ModelConfig
 from ki_vla_ros.model.recipes import get_recipe
 from ki_vla_ros.normalize import NormStats, QuantileStats
-from ki_vla_ros.runtime.model_dir import Layout
+from ki_vla_ros.runtime.model_dir import Layout, text_tokenizer_path
 from ki_vla_ros.tokenize.fast import FastTokenizer
 from ki_vla_ros.tokenize.naive import NaiveTokenizer, load_action_tokenizer
 from ki_vla_ros.tokenize.prompt import PromptBuilder
@@ -219,9 +219,12 @@ def load_text_tokenizer(assets: Path) -> TextTokenizer:
     return TextTokenizer.load(text_tokenizer_file(assets))
 
 
-def load_published_text_tokenizer(path: str, model_cfg: ModelConfig) -> TextTokenizer:
-    """`tokenizers.text_tokenizer_path`, checked against the model: every id below `text_vocab_limit`
-    and real pad/bos/eos ids. Errors name the key."""
+def load_published_text_tokenizer(path: str, model_cfg: ModelConfig, texts=()) -> TextTokenizer:
+    """`tokenizers.text_tokenizer_path`, checked against the model: real pad/bos/eos ids, and every id
+    of the run's `texts` (the prompt layout, instructions, VLM prompts and answers) below
+    `text_vocab_limit` — a published tokenizer may be larger than the text range (Gemma's: the model
+    puts action and state ids over its rarely used tail, as π0.5 does) as long as the run's text
+    never produces one of those ids. Errors name the key."""
     key = "tokenizers.text_tokenizer_path"
     if not Path(path).is_file():
         raise FileNotFoundError(f"{key}: no such file {path!r}")
@@ -229,15 +232,20 @@ def load_published_text_tokenizer(path: str, model_cfg: ModelConfig) -> TextToke
         tok = TextTokenizer.load(path)
     except Exception as exc:  # noqa: BLE001 - re-raised with the key
         raise ValueError(f"{key}: cannot load {path!r} as a tokenizer.json or SentencePiece .model: {exc}") from exc
-    if tok.vocab_size > model_cfg.text_vocab_limit:
-        raise ValueError(f"{key}: {path!r} has {tok.vocab_size} ids, more than the model's text id range "
-                         f"({model_cfg.text_vocab_limit}, ModelConfig.text_vocab_limit); use a preset with a larger "
-                         f"vocab_size (model.overrides) or a smaller tokenizer")
     for name in ("pad_id", "bos_id", "eos_id"):
         v = getattr(tok, name)
         if not 0 <= v < tok.vocab_size:
             raise ValueError(f"{key}: {path!r} has no {name.removesuffix('_id')} token (id {v}); the prompt builder "
                              f"needs pad, bos and eos")
+    limit = model_cfg.text_vocab_limit
+    if tok.vocab_size > limit:
+        numbers = " ".join(str(b) for b in range(-1, model_cfg.state_bins))
+        for text in [f"Task: , State: {numbers};\nAction: ", *texts]:
+            high = [i for i in tok.encode(text) if i >= limit]
+            if high:
+                raise ValueError(f"{key}: {path!r} encodes {text[:60]!r} with id {high[0]}, inside the model's state/"
+                                 f"action id range (text ids must be < {limit}, ModelConfig.text_vocab_limit); use a "
+                                 f"preset with a larger vocab_size (model.overrides) or another tokenizer")
     return tok
 
 
@@ -246,7 +254,7 @@ def _init_text_tokenizer(cfg: TrainConfig) -> str:
     init = Path(cfg.model.init) if cfg.model.init else None
     if init is None or cfg.model.init_format == "pi05" or not (init / "model.yaml").is_file():
         return ""
-    return str(init / "text_tokenizer.json")
+    return str(text_tokenizer_path(init))  # .json, or a published SentencePiece .model
 
 
 def _horizon(cfg: TrainConfig) -> int:
@@ -289,7 +297,7 @@ def _fit_assets(cfg, assets: Path, names, kinds, trains, export, reports, log) -
     src = cfg.tokenizers.text_tokenizer_path or _init_text_tokenizer(cfg)
     if src:
         src = Path(src)
-        load_published_text_tokenizer(str(src), model_cfg)
+        load_published_text_tokenizer(str(src), model_cfg, _run_texts(kinds, trains))
         shutil.copyfile(src, assets / ("text_tokenizer.model" if src.suffix == ".model" else "text_tokenizer.json"))
         log(f"[data] text tokenizer: {src}")
     else:
@@ -299,14 +307,20 @@ def _fit_assets(cfg, assets: Path, names, kinds, trains, export, reports, log) -
     log(f"[data] assets written to {assets}")
 
 
-def _train_text_tokenizer(cfg, assets: Path, kinds, trains, model_cfg) -> None:
-    # text tokenizer: instructions, VLM prompts/answers and the state numbers
+def _run_texts(kinds, trains) -> list[str]:
+    """The run's text: robot instructions and VLM prompt + answer per record."""
     texts = []
     for k, ds in zip(kinds, trains):
         if k == "vlm":
             texts += [f"{r.prompt} {r.answer}" for r in (ds.records[i] for i in ds.indices)]
         else:
             texts += sorted({e.instruction for e in ds.episodes})
+    return texts
+
+
+def _train_text_tokenizer(cfg, assets: Path, kinds, trains, model_cfg) -> None:
+    # text tokenizer: instructions, VLM prompts/answers and the state numbers
+    texts = _run_texts(kinds, trains)
     numbers = " ".join(str(b) for b in range(-1, model_cfg.state_bins))  # -1: below the range
     texts += [f"Task: , State: {numbers};\nAction: "] * 8
     vocab = cfg.tokenizers.text_vocab_size or min(2048, model_cfg.text_vocab_limit)
