@@ -17,6 +17,21 @@ LAYOUT = Layout(CAMERAS, [f"q{i}" for i in range(14)], [f"a{i}" for i in range(1
 LOW, HIGH = np.linspace(-2, 0, 14), np.linspace(1, 3, 14)
 
 
+def trained_like_dir(root, name: str, **save_kwargs):
+    """(random-weight folder `root/plain`, the same weights with the adaRMS modulation opened — as after
+    training: at init it is zero and flow time would not reach the expert — saved as `root/name`)."""
+    from ki_vla_ros.model.synthetic import open_gates
+    from ki_vla_ros.runtime.model_dir import load_model_dir, save_model_dir
+
+    torch.set_num_threads(1)
+    plain = init_model_dir(root / "plain", LAYOUT, preset="tiny", seed=3, state_range=(LOW, HIGH),
+                           action_range=(LOW, HIGH))
+    b = load_model_dir(plain)
+    open_gates(b.model)
+    return plain, save_model_dir(root / name, b.model, b.layout, b.text_tokenizer, b.action_tokenizer, b.norm_stats,
+                                 **save_kwargs)
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     torch.set_num_threads(1)

@@ -9,13 +9,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_runtime_policy import HIGH, LAYOUT, LOW, observation
+from test_runtime_policy import HIGH, LOW, observation, trained_like_dir
 
 from ki_vla_ros.export.cli import export_model_dir
-from ki_vla_ros.model.synthetic import open_gates
 from ki_vla_ros.runtime import BackendError, Policy
-from ki_vla_ros.runtime.init_model import init_model_dir
-from ki_vla_ros.runtime.model_dir import WEIGHTS, load_model_dir, save_model_dir
+from ki_vla_ros.runtime.model_dir import WEIGHTS, load_model_dir
 from ki_vla_ros.runtime.precision import BOUNDS, RECORD, PrecisionError, action_error
 
 pytest.importorskip("onnxruntime")
@@ -25,13 +23,7 @@ pytest.importorskip("onnxruntime")
 def checked_dir(tmp_path_factory):
     """A tiny model folder with opened adaRMS gates (as after training), exported and checked in fp32,
     bf16 and int8."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("models")
-    plain = init_model_dir(root / "plain", LAYOUT, preset="tiny", seed=3, state_range=(LOW, HIGH),
-                           action_range=(LOW, HIGH))
-    b = load_model_dir(plain)
-    open_gates(b.model)
-    path = save_model_dir(root / "m", b.model, b.layout, b.text_tokenizer, b.action_tokenizer, b.norm_stats)
+    _, path = trained_like_dir(tmp_path_factory.mktemp("models"), "m")
     with pytest.raises(PrecisionError, match=r"bf16 on torch has not been checked .* --precision bf16"):
         Policy.load(path, precision="bf16")
     result = export_model_dir(path, num_steps=5, precisions=("fp32", "bf16", "int8"))

@@ -7,14 +7,11 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
-from test_runtime_policy import HIGH, LAYOUT, LOW, observation
+from test_runtime_policy import HIGH, LOW, observation, trained_like_dir
 
 from ki_vla_ros.model.rtc import RtcConfig
-from ki_vla_ros.model.synthetic import open_gates
 from ki_vla_ros.runtime import BackendError, Policy
-from ki_vla_ros.runtime.init_model import init_model_dir
-from ki_vla_ros.runtime.model_dir import MANIFEST, load_model_dir, save_model_dir
+from ki_vla_ros.runtime.model_dir import MANIFEST
 
 MAX_DELAY = 4
 
@@ -23,15 +20,8 @@ MAX_DELAY = 4
 def dirs(tmp_path_factory):
     """A model folder without prefix training, and the same weights with the adaRMS modulation opened
     (as after training: at init it is zero and flow time would not reach the expert) and `rtc` set."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("models")
-    plain = init_model_dir(root / "plain", LAYOUT, preset="tiny", seed=3, state_range=(LOW, HIGH),
-                           action_range=(LOW, HIGH))
-    b = load_model_dir(plain)
-    open_gates(b.model)
-    rtc = save_model_dir(root / "rtc", b.model, b.layout, b.text_tokenizer, b.action_tokenizer, b.norm_stats,
-                         rtc=RtcConfig(max_delay_steps=MAX_DELAY, probability=0.5))
-    return plain, rtc
+    return trained_like_dir(tmp_path_factory.mktemp("models"), "rtc",
+                            rtc=RtcConfig(max_delay_steps=MAX_DELAY, probability=0.5))
 
 
 def prefix_of(d, seed=0):
