@@ -89,6 +89,22 @@ def cell(per_seed: dict, fmt: str = ".0%") -> str:
     return mean if len(per_seed) == 1 else f"{mean} [{', '.join(_num(v, fmt) for v in per_seed.values())}]"
 
 
+# (measurement, metric, format) per table column, after the recipe / seeds / step columns
+SUMMARY_COLUMNS = [("expert_canonical", "success_rate", ".0%"), ("expert_heldout", "success_rate", ".0%"),
+                   ("expert_canonical", "instruction_following_rate", ".0%"),
+                   ("expert_heldout", "instruction_following_rate", ".0%"), ("vqa", "accuracy", ".2f"),
+                   # (steps to the threshold and ms / step come between these)
+                   ("fast_canonical", "success_rate", ".0%"), ("fast_canonical", "inference_ms_p50", ".0f"),
+                   ("expert_canonical", "inference_ms_p50", ".0f"), ("offline", "action_mse", ".3f")]
+CURVE_COLUMNS = [("expert_canonical", "success_rate", ".0%"), ("expert_heldout", "success_rate", ".0%"),
+                 ("expert_canonical", "instruction_following_rate", ".0%"), ("fast_canonical", "success_rate", ".0%"),
+                 ("vqa", "accuracy", ".2f"), ("offline", "action_mse", ".3f"), ("offline", "fast_token_acc", ".2f")]
+
+
+def _cells(res: Results, recipe: str, step: int, columns) -> list[str]:
+    return [cell(res.per_seed(recipe, step, measure, metric), fmt) for measure, metric, fmt in columns]
+
+
 def summary_table(res: Results, threshold: float) -> str:
     head = ["recipe", "seeds", "step", "success", "success held-out", "followed", "followed held-out",
             "VQA acc" + (f" (base {res.base_vqa:.2f})" if res.base_vqa is not None else ""),
@@ -103,17 +119,10 @@ def summary_table(res: Results, threshold: float) -> str:
         reached = [res.steps_to(r, s, threshold) for s in seeds]
         lines.append("| " + " | ".join([
             f"`{r}`", str(len(seeds)), str(last),
-            cell(res.per_seed(r, last, "expert_canonical", "success_rate")),
-            cell(res.per_seed(r, last, "expert_heldout", "success_rate")),
-            cell(res.per_seed(r, last, "expert_canonical", "instruction_following_rate")),
-            cell(res.per_seed(r, last, "expert_heldout", "instruction_following_rate")),
-            cell(res.per_seed(r, last, "vqa", "accuracy"), ".2f"),
+            *_cells(res, r, last, SUMMARY_COLUMNS[:5]),
             ", ".join("—" if x is None else str(x) for x in reached),
             cell(res.train_ms(r), ".0f"),
-            cell(res.per_seed(r, last, "fast_canonical", "success_rate")),
-            cell(res.per_seed(r, last, "fast_canonical", "inference_ms_p50"), ".0f"),
-            cell(res.per_seed(r, last, "expert_canonical", "inference_ms_p50"), ".0f"),
-            cell(res.per_seed(r, last, "offline", "action_mse"), ".3f"),
+            *_cells(res, r, last, SUMMARY_COLUMNS[5:]),
         ]) + " |")
     return "\n".join(lines)
 
@@ -125,16 +134,7 @@ def curves_table(res: Results) -> str:
     for r in res.recipes:
         for step in res.steps(r):
             n = len({k[1] for k in res.rows if k[0] == r and k[2] == step})
-            lines.append("| " + " | ".join([
-                f"`{r}`", str(step), str(n),
-                cell(res.per_seed(r, step, "expert_canonical", "success_rate")),
-                cell(res.per_seed(r, step, "expert_heldout", "success_rate")),
-                cell(res.per_seed(r, step, "expert_canonical", "instruction_following_rate")),
-                cell(res.per_seed(r, step, "fast_canonical", "success_rate")),
-                cell(res.per_seed(r, step, "vqa", "accuracy"), ".2f"),
-                cell(res.per_seed(r, step, "offline", "action_mse"), ".3f"),
-                cell(res.per_seed(r, step, "offline", "fast_token_acc"), ".2f"),
-            ]) + " |")
+            lines.append("| " + " | ".join([f"`{r}`", str(step), str(n), *_cells(res, r, step, CURVE_COLUMNS)]) + " |")
     return "\n".join(lines)
 
 
