@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ki_vla_ros.model.attention import apply_rope, attention_bias, rope_tables, shared_attention
+from ki_vla_ros.model.attention import apply_rope, attend, attention_bias, rope_tables, shared_attention
 from ki_vla_ros.model.config import ModelConfig
 from ki_vla_ros.model.layers import AdaRMSNorm, Block, Modulation, RMSNorm, TokenCond
 
@@ -90,6 +90,23 @@ class MixtureTransformer(nn.Module):
                 o, _ = shared_attention(q, k, v, None, None, None, masks, False)
                 x_b = lb.finish(x_b, o, g, None)
         return torch.stack(ks), torch.stack(vs)
+
+    def backbone_decode(self, x_b: torch.Tensor, pos_b: torch.Tensor, allowed: torch.Tensor,
+                        cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
+        """Backbone alone over new tokens x_b [B, N, W] at RoPE positions pos_b [B, N], reading
+        `cache` (per layer k, v [B, Nc, K, hd], keys after RoPE; None: nothing before them); allowed
+        [B, N, Nc + N] over cached then new keys. -> final-normed h_b [B, N, W] and the cache extended
+        by the new tokens' K/V (autoregressive decoding: FAST tokens, VQA answers)."""
+        rope_b = rope_tables(pos_b, self.cfg.head_dim, self.cfg.rope_base)
+        out = []
+        for i, lb in enumerate(self.backbone):
+            q, k, v, g = lb.qkv(x_b, None)
+            q, k = apply_rope(q, *rope_b), apply_rope(k, *rope_b)
+            if cache is not None:
+                k, v = torch.cat([cache[i][0], k], 1), torch.cat([cache[i][1], v], 1)
+            out.append((k, v))
+            x_b = lb.finish(x_b, attend(q, k, v, allowed), g, None)
+        return self.backbone_norm(x_b)[0], out
 
     def expert_over_cache(
         self,

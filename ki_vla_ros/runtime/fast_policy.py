@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from ki_vla_ros.model import KIVLA
-from ki_vla_ros.model.attention import attend, rope
 from ki_vla_ros.model.kivla import token_positions
 from ki_vla_ros.model.masks import PAD, PREFIX, attention_mask
 from ki_vla_ros.model.recipes import RECIPES
@@ -42,25 +41,6 @@ from ki_vla_ros.runtime.policy import Policy
 from ki_vla_ros.runtime.types import Observation, PolicyOutput
 from ki_vla_ros.tokenize.fast import FastDecodeError
 
-KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: k, v [B, N, K, hd] (keys after RoPE)
-
-
-def backbone_step(model: KIVLA, x: torch.Tensor, pos: torch.Tensor, allowed: torch.Tensor,
-                  cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
-    """The backbone over new tokens x [B, N, W] at RoPE positions pos [B, N], reading `cache`
-    (None: nothing before them); allowed [B, N, Nc + N] over cached then new keys.
-    -> final-normed hidden states [B, N, W] and the cache extended by the new tokens' K/V."""
-    base = model.config.rope_base
-    out: KVCache = []
-    for i, block in enumerate(model.transformer.backbone):
-        q, k, v, gate = block.qkv(x, None)
-        q, k = rope(q, pos, base), rope(k, pos, base)
-        if cache is not None:
-            k, v = torch.cat([cache[i][0], k], 1), torch.cat([cache[i][1], v], 1)
-        out.append((k, v))
-        x = block.finish(x, attend(q, k, v, allowed), gate, None)
-    return model.transformer.backbone_norm(x)[0], out
-
 
 @torch.no_grad()
 def greedy_action_ids(model: KIVLA, images, image_mask, tokens, token_mask, state, eos_id: int,
@@ -69,7 +49,7 @@ def greedy_action_ids(model: KIVLA, images, image_mask, tokens, token_mask, stat
     -> (model ids of the action tokens, without <eos>; whether <eos> came within the budget)."""
     c = model.config
     emb, kinds = model.embed_prefix(images, image_mask, tokens, torch.where(token_mask, PREFIX, PAD), state)
-    h, cache = backbone_step(model, emb, token_positions(kinds), attention_mask(kinds))
+    h, cache = model.transformer.backbone_decode(emb, token_positions(kinds), attention_mask(kinds))
     seen = kinds == PREFIX  # [1, Lp]: what a target token attends to in the prefix (not padding)
     last = int(torch.nonzero(seen[0]).max())  # the last prefix token's logits predict the first target
     pos = int(seen.sum())  # targets continue the RoPE positions after the valid prefix tokens
@@ -83,7 +63,7 @@ def greedy_action_ids(model: KIVLA, images, image_mask, tokens, token_mask, stat
         ids.append(nxt)
         x = model.embed_tokens(torch.tensor([[nxt]])) * math.sqrt(c.width)  # [1, 1, W]
         allowed = torch.cat([seen, torch.ones(1, n + 1, dtype=torch.bool)], 1)[:, None]  # [1, 1, Lp + n + 1]
-        h, cache = backbone_step(model, x, torch.tensor([[pos + n]]), allowed, cache)
+        h, cache = model.transformer.backbone_decode(x, torch.tensor([[pos + n]]), allowed, cache)
         logits = model.lm_head(h[:, 0])
     return ids, False
 
@@ -147,4 +127,4 @@ class FastTokenPolicy(Policy):
         return PolicyOutput(actions, {k: v * 1e3 for k, v in timings.items()})
 
 
-__all__ = ["FastTokenPolicy", "FastDecodeError", "backbone_step", "greedy_action_ids"]
+__all__ = ["FastTokenPolicy", "FastDecodeError", "greedy_action_ids"]
