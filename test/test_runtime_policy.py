@@ -1,6 +1,7 @@
 """Policy loading and inference: model-folder checks, cached vs uncached sampling, seeding,
 ONNX export against torch, and the TensorRT path where a GPU is present."""
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -195,3 +196,14 @@ def test_tensorrt_matches_onnxruntime(tiny_dir, tmp_path):
         a_o = ort_policy.infer(obs, noise=noise).actions
         a_t = trt_policy.infer(obs, noise=noise).actions
         assert np.abs(a_t - a_o).max() < tol * (HIGH - LOW).max(), precision
+
+
+def test_blank_images_control_policy_sees_black(tmp_path):
+    from ki_vla_ros.sim.controls import BlankImagesPolicy
+
+    _, folder = trained_like_dir(tmp_path, "m")
+    obs = observation(5)
+    blank = BlankImagesPolicy.load(folder).infer(obs, seed=2).actions
+    black = dataclasses.replace(obs, images={k: np.zeros_like(v) for k, v in obs.images.items()})
+    np.testing.assert_array_equal(blank, Policy.load(folder).infer(black, seed=2).actions)
+    assert np.abs(blank - Policy.load(folder).infer(obs, seed=2).actions).max() > 1e-4  # the images mattered
