@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ki_vla_ros.configio import from_dict
+from ki_vla_ros.configio import from_dict, load_config
 from ki_vla_ros.data.vlm import VLMRecord
 from ki_vla_ros.model import KIVLA, ModelConfig
 from ki_vla_ros.model.masks import PREFIX, TEXT
@@ -101,6 +101,7 @@ def test_robot_training_starts_from_the_vlm_base(tmp_path):
     base = tiny_train_config(data, tmp_path / "base", recipe="vlm_pretrain", steps=4, eval_every=0,
                              checkpoint_every=4)
     base["datasets"][0].update(weight=0.0, val_episodes=0)
+    base["model"]["overrides"]["state_dim"] = 24  # wider than the data's 14 (-> 16) and the preset's 8
     summary = train(from_dict(TrainConfig, base), log=lambda *a: None)
     assert np.isnan(summary["final_eval"]["val_flow_loss"])  # no robot example was evaluated
     assert export_main(["--checkpoint", str(tmp_path / "base"), "--out", str(tmp_path / "vlm_base"),
@@ -122,6 +123,12 @@ def test_robot_training_starts_from_the_vlm_base(tmp_path):
     start = load_file(str(tmp_path / "vlm_base/weights.safetensors"))
     after = load_file(str(tmp_path / "robot/checkpoints/step_000001/model.safetensors"))
     assert start.keys() == after.keys() and all(torch.equal(start[k], after[k]) for k in start)
+    # fine-tuning keeps the base's state width (its prompt layout), not the preset's or the data's
+    from ki_vla_ros.runtime.model_dir import load_manifest
+
+    base_cfg = load_manifest(tmp_path / "vlm_base").model
+    robot_cfg = load_config(ModelConfig, tmp_path / "robot/assets/model.yaml")
+    assert robot_cfg.state_dim == base_cfg.state_dim == 24
 
 
 def test_collate_drops_camera_slots_no_example_fills():

@@ -29,7 +29,7 @@ from ki_vla_ros.delta_actions import DeltaActions
 from ki_vla_ros.model.config import ModelConfig
 from ki_vla_ros.model.recipes import get_recipe
 from ki_vla_ros.normalize import NormStats, QuantileStats
-from ki_vla_ros.runtime.model_dir import Layout, text_tokenizer_path
+from ki_vla_ros.runtime.model_dir import Layout, load_manifest, text_tokenizer_path
 from ki_vla_ros.tokenize.fast import FastTokenizer
 from ki_vla_ros.tokenize.naive import NaiveTokenizer, load_action_tokenizer
 from ki_vla_ros.tokenize.prompt import PromptBuilder
@@ -95,8 +95,12 @@ def _derived_config(cfg: TrainConfig, state_dims: list[int], action_dims: list[i
 
     mode = o.get("state_mode", base.state_mode)
     # the prompt writes the state padded to state_dim (LeRobot's rule), so a text/tokens state from
-    # scratch keeps state_dim tight; a continuous state's projection, and fine-tuning (model.init: a
-    # π0.5 checkpoint saw its state padded to 32 numbers), keep at least the preset's width
+    # scratch keeps state_dim tight; a continuous state's projection, and fine-tuning from a π0.5
+    # checkpoint (it saw its state padded to 32 numbers), keep at least the preset's width; a model
+    # folder's own width is kept when it covers the data (a base: no longer prompt than needed)
+    init_dir = Path(cfg.model.init) if cfg.model.init and cfg.model.init_format != "pi05" else None
+    if init_dir is not None and (init_dir / "model.yaml").is_file():
+        o.setdefault("state_dim", max(load_manifest(init_dir).model.state_dim, pad8(max(state_dims))))
     tight = mode != "continuous" and not cfg.model.init
     o.setdefault("state_dim", pad8(max(state_dims)) if tight else max(base.state_dim, pad8(max(state_dims))))
     o.setdefault("action_dim", max(base.action_dim, pad8(max(action_dims))))
