@@ -39,6 +39,11 @@ class DeltaActions:
         return cls(np.asarray([list(action_names).index(n) for n in names], np.int64),
                    np.asarray([list(state_names).index(n) for n in names], np.int64))
 
+    @classmethod
+    def none(cls) -> DeltaActions:
+        """All actions absolute."""
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64))
+
     @property
     def active(self) -> bool:
         return len(self.action_index) > 0

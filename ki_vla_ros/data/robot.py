@@ -145,12 +145,9 @@ def split_episodes(episodes: list[Episode], val_episodes: int, seed: int) -> tup
     return [e for i, e in enumerate(episodes) if i not in val], [e for i, e in enumerate(episodes) if i in val]
 
 
-NO_DELTA = DeltaActions(np.zeros(0, np.int64), np.zeros(0, np.int64))
-
-
 class RobotDataset:
-    def __init__(self, episodes: list[Episode], horizon: int, delta: DeltaActions = NO_DELTA):
-        self.episodes, self.horizon, self.delta = episodes, horizon, delta
+    def __init__(self, episodes: list[Episode], horizon: int, delta: DeltaActions | None = None):
+        self.episodes, self.horizon, self.delta = episodes, horizon, delta or DeltaActions.none()
         pairs = [(ei, int(k)) for ei, e in enumerate(episodes) for k in e.sample_steps(horizon)]
         self.index = np.asarray(pairs, np.int64).reshape(-1, 2)
 

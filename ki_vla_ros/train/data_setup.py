@@ -243,8 +243,7 @@ def load_published_text_tokenizer(path: str, model_cfg: ModelConfig, texts=()) -
                              f"needs pad, bos and eos")
     limit = model_cfg.text_vocab_limit
     if tok.vocab_size > limit:
-        numbers = " ".join(str(b) for b in range(-1, model_cfg.state_bins))
-        for text in [f"Task: , State: {numbers};\nAction: ", *texts]:
+        for text in [prompt_layout_text(model_cfg), *texts]:
             high = [i for i in tok.encode(text) if i >= limit]
             if high:
                 raise ValueError(f"{key}: {path!r} encodes {text[:60]!r} with id {high[0]}, inside the model's state/"
@@ -311,6 +310,12 @@ def _fit_assets(cfg, assets: Path, names, kinds, trains, export, reports, log) -
     log(f"[data] assets written to {assets}")
 
 
+def prompt_layout_text(model_cfg: ModelConfig) -> str:
+    """The prompt's fixed words and every state number it can write (-1: below the range)."""
+    numbers = " ".join(str(b) for b in range(-1, model_cfg.state_bins))
+    return f"Task: , State: {numbers};\nAction: "
+
+
 def _run_texts(kinds, trains) -> list[str]:
     """The run's text: robot instructions and VLM prompt + answer per record."""
     texts = []
@@ -325,8 +330,7 @@ def _run_texts(kinds, trains) -> list[str]:
 def _train_text_tokenizer(cfg, assets: Path, kinds, trains, model_cfg) -> None:
     # text tokenizer: instructions, VLM prompts/answers and the state numbers
     texts = _run_texts(kinds, trains)
-    numbers = " ".join(str(b) for b in range(-1, model_cfg.state_bins))  # -1: below the range
-    texts += [f"Task: , State: {numbers};\nAction: "] * 8
+    texts += [prompt_layout_text(model_cfg)] * 8
     vocab = cfg.tokenizers.text_vocab_size or min(2048, model_cfg.text_vocab_limit)
     if vocab > model_cfg.text_vocab_limit:
         raise ValueError(f"tokenizers.text_vocab_size {vocab} exceeds the model's text id range "
