@@ -58,6 +58,9 @@ VARIANTS: dict[str, dict] = {
     # arm joints as offsets from the observed state (openpi's ALOHA rule), grippers absolute
     "delta": {"dataset": {"delta_actions": ALOHA_ARM_JOINTS}},
     "delta_one_episode": {"dataset": {"delta_actions": ALOHA_ARM_JOINTS, "max_episodes": 1}},
+    # delta with 4 / 8 (noise, flow time) draws per example sharing one backbone pass (TrainConfig.flow_samples)
+    "delta_k4": {"dataset": {"delta_actions": ALOHA_ARM_JOINTS}, "flow_samples": 4},
+    "delta_k8": {"dataset": {"delta_actions": ALOHA_ARM_JOINTS}, "flow_samples": 8},
 }
 TIME_SAMPLERS = {
     "uniform": lambda b, device: torch.rand(b, device=device) * 0.999 + 0.001,

@@ -20,9 +20,9 @@ def test_training_with_action_prefixes_is_recorded_in_the_model_folder(tmp_path,
     seen = []
     real_loss = KIVLA.compute_loss
 
-    def recording_loss(self, batch):
+    def recording_loss(self, batch, flow_samples=1):
         seen.append(batch.get("prefix_len"))
-        return real_loss(self, batch)
+        return real_loss(self, batch, flow_samples)
 
     monkeypatch.setattr(KIVLA, "compute_loss", recording_loss)
     cfg = from_dict(TrainConfig, tiny_train_config(data, tmp_path / "run", steps=2, eval_every=0, checkpoint_every=2,

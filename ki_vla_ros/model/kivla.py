@@ -160,7 +160,12 @@ class KIVLA(nn.Module):
         return n_prefix + torch.arange(horizon, device=kinds.device)
 
     def _joint(self, emb_b, kinds_b, x_t, t, clean=None):
-        """Full forward over backbone tokens and (optionally) actions. -> (h_b, velocity | None)."""
+        """Full forward over backbone tokens and (optionally) actions. -> (h_b, velocity | None).
+
+        x_t [B, H, D] with t [B] (clean [B, H] | None); or K flow draws per example: x_t [B, K, H, D]
+        with t [B, K] (clean [B, H] | None, the same prefix in every draw) -> velocity [B, K, H, D].
+        The K chunks are K blocks of action tokens over one backbone pass, each seeing the prefix
+        and its own block only (`attention_mask(action_block=H)`)."""
         b = kinds_b.shape[0]
         pos_b = token_positions(kinds_b)
         if x_t is None:
@@ -168,27 +173,39 @@ class KIVLA(nn.Module):
                 emb_b, pos_b, None, None, None, attention_mask(kinds_b), self.config.insulate
             )
             return h_b, None
-        h = x_t.shape[1]
-        x_a, cond = self.embed_actions(x_t, t, clean)
-        kinds = torch.cat([kinds_b, torch.full((b, h), ACTION, dtype=torch.long, device=kinds_b.device)], 1)
+        draws = x_t.shape[1] if x_t.dim() == 4 else 0
+        h = x_t.shape[-2]
+        if draws:  # per-token condition [B, K·H, We]: each block its own t, the prefix at t = 0
+            x_a = self.action_in_proj(x_t.flatten(1, 2).to(self.action_in_proj.weight.dtype))
+            cond = self.time_condition(t.flatten())[:, None].expand(-1, h, -1).reshape(b, draws * h, -1)
+            if clean is not None:
+                use0 = clean.repeat(1, draws)[..., None]
+                cond = torch.where(use0, self.time_condition(t.new_zeros(1))[:, None], cond)
+        else:
+            x_a, cond = self.embed_actions(x_t, t, clean)
+        n_a = max(draws, 1) * h
+        kinds = torch.cat([kinds_b, torch.full((b, n_a), ACTION, dtype=torch.long, device=kinds_b.device)], 1)
         h_b, h_a = self.transformer(
             emb_b,
             pos_b,
             x_a,
-            self._action_positions(kinds_b, h),
+            self._action_positions(kinds_b, h).repeat(1, max(draws, 1)),
             cond,
-            attention_mask(kinds),
+            attention_mask(kinds, action_block=h if draws else 0),
             self.config.insulate,
         )
-        return h_b, self.action_out_proj(h_a)
+        v = self.action_out_proj(h_a)
+        return h_b, (v.unflatten(1, (draws, h)) if draws else v)
 
     # ---- training -----------------------------------------------------------------------------
     def sample_time(self, b: int, device) -> torch.Tensor:
         beta = torch.distributions.Beta(torch.tensor(1.5, device=device), torch.tensor(1.0, device=device))
         return beta.sample((b,)) * 0.999 + 0.001
 
-    def compute_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Eq. 4. Returns scalar tensors:
+    def compute_loss(self, batch: Batch, flow_samples: int = 1) -> dict[str, torch.Tensor]:
+        """Eq. 4. ``flow_samples`` > 1: that many (noise, t) draws per example share one backbone
+        pass (the actions enter as that many blocks of H tokens, `_joint`); the flow loss is their
+        mean. The backbone's cost is paid once, the expert's K times. Returns scalar tensors:
 
         * ``text_loss`` — mean cross-entropy over TEXT target tokens with loss_mask (0 if none);
         * ``fast_loss`` — mean cross-entropy over FAST target tokens with loss_mask (0 if none);
@@ -206,17 +223,26 @@ class KIVLA(nn.Module):
         zero = emb_b.new_zeros(())
         x_t = t = u = clean = None
         if c.use_flow:
-            actions = batch["actions"]
-            b = actions.shape[0]
+            if flow_samples < 1:
+                raise ValueError(f"flow_samples: must be >= 1, got {flow_samples}")
+            actions = batch["actions"]  # [B, H, D]
+            b, k = actions.shape[0], flow_samples
+            if k > 1:
+                actions = actions[:, None].expand(-1, k, -1, -1)  # [B, K, H, D]
             noise = batch.get("noise")
             noise = torch.randn_like(actions) if noise is None else noise
             t = batch.get("time")
-            t = self.sample_time(b, actions.device) if t is None else t
-            x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
+            t = (self.sample_time(b * k, actions.device).view(b, k) if k > 1 else self.sample_time(b, actions.device)
+                 ) if t is None else t
+            if noise.shape != actions.shape or t.shape != actions.shape[:-2]:
+                raise ValueError(f"noise {tuple(noise.shape)} / time {tuple(t.shape)}: expected "
+                                 f"{tuple(actions.shape)} / {tuple(actions.shape[:-2])} for flow_samples={k}")
+            x_t = t[..., None, None] * noise + (1 - t[..., None, None]) * actions
             u = noise - actions
             if batch.get("prefix_len") is not None:
-                clean = prefix_tokens(batch["prefix_len"], actions.shape[1])  # [B, H]
-                x_t = torch.where(clean[..., None], actions, x_t)
+                clean = prefix_tokens(batch["prefix_len"], actions.shape[-2])  # [B, H]
+                clean_x = clean[:, None, :, None] if k > 1 else clean[..., None]
+                x_t = torch.where(clean_x, actions, x_t)
         h_b, v_t = self._joint(emb_b, kinds_b, x_t, t, clean)
 
         # token cross-entropy: the logit at j-1 predicts token j
@@ -237,13 +263,17 @@ class KIVLA(nn.Module):
 
         flow_loss = zero
         if v_t is not None:
-            dim_mask = batch["action_dim_mask"].to(v_t.dtype)  # [B, D]
+            if v_t.dim() == 4:  # K draws: the K blocks' errors averaged per example, as one chunk's
+                v_t, u = v_t.flatten(0, 1), u.flatten(0, 1)  # [B·K, H, D]
+                clean = None if clean is None else clean.repeat_interleave(flow_samples, 0)
+            dim_mask = batch["action_dim_mask"].to(v_t.dtype).repeat_interleave(flow_samples, 0)  # [B·K, D]
             err = (v_t - u).pow(2) * dim_mask[:, None, :]
             n_tokens = v_t.shape[1]
             if clean is not None:  # the prefix is given, not predicted
                 err = err * (~clean)[..., None].to(err.dtype)
                 n_tokens = (~clean).sum(-1).to(err.dtype)
-            per_ex = err.sum((1, 2)) / (n_tokens * dim_mask.sum(-1)).clamp(min=1)  # [B]
+            per_ex = err.sum((1, 2)) / (n_tokens * dim_mask.sum(-1)).clamp(min=1)  # [B·K]
+            per_ex = per_ex.view(-1, flow_samples).mean(1)  # [B]
             act = batch["action_mask"].to(v_t.dtype)
             flow_loss = (per_ex * act).sum() / act.sum().clamp(min=1)
         loss = ar_loss + c.alpha * flow_loss if c.use_flow else ar_loss

@@ -58,11 +58,12 @@ class AdaRMSNorm(nn.Module):
         nn.init.zeros_(self.modulation.bias)
 
     def modulate(self, cond: torch.Tensor | TokenCond) -> Modulation:
-        """cond [B, C] -> scale|shift|gate [B, 1, 3D]; a TokenCond -> [B, N, 3D]."""
+        """cond [B, C] -> scale|shift|gate [B, 1, 3D]; a TokenCond or a per-token cond [B, N, C]
+        -> [B, N, 3D]."""
         if isinstance(cond, TokenCond):
             return Modulation(torch.where(cond.use_alt[..., None], self.modulation(cond.alt)[:, None],
                                           self.modulation(cond.cond)[:, None]))
-        return Modulation(self.modulation(cond)[:, None])
+        return Modulation(self.modulation(cond) if cond.dim() == 3 else self.modulation(cond)[:, None])
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | TokenCond | Modulation):
         # x [B, N, D], cond [B, C] -> y [B, N, D], gate [B, 1, D]; cond TokenCond -> gate [B, N, D]

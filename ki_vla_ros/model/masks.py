@@ -8,7 +8,9 @@ Every token of the joint sequence has a kind:
 * ``TEXT``   — language targets (e.g. a VLM answer): causal over the prefix and earlier targets;
 * ``FAST``   — discrete action targets: causal over the prefix and earlier targets;
 * ``ACTION`` — the action expert's noisy-action tokens: see the prefix and all actions, never
-  TEXT/FAST targets (no leak between the two action representations).
+  TEXT/FAST targets (no leak between the two action representations). In training with several
+  flow draws per example (`KIVLA.compute_loss(flow_samples=K)`) the actions are K consecutive
+  blocks of H tokens, one noisy chunk each, and a block sees only its own actions.
 
 No backbone token (PREFIX/TEXT/FAST) ever sees an ACTION token, so information flows one way,
 from the backbone to the expert; this is what makes the prefix K/V cacheable.
@@ -22,10 +24,12 @@ PAD, PREFIX, TEXT, FAST, ACTION = 0, 1, 2, 3, 4
 BACKBONE_KINDS = (PREFIX, TEXT, FAST)
 
 
-def attention_mask(kinds: torch.Tensor) -> torch.Tensor:
+def attention_mask(kinds: torch.Tensor, action_block: int = 0) -> torch.Tensor:
     """kinds [B, N] (int) -> allowed [B, N_query, N_key] bool, True where the query may attend.
 
     Order along N matters only among targets (causal by index). A PAD query sees only itself.
+    ``action_block`` > 0: ACTION tokens form blocks of that many consecutive action tokens (the
+    k-th action token is in block k // action_block) and see the actions of their own block only.
     """
     n = kinds.shape[1]
     q, k = kinds[:, :, None], kinds[:, None, :]  # [B, N, 1], [B, 1, N]
@@ -37,5 +41,8 @@ def attention_mask(kinds: torch.Tensor) -> torch.Tensor:
     sees_prefix = q_valid & (k == PREFIX)
     sees_targets = q_target & k_target & causal
     sees_actions = (q == ACTION) & (k == ACTION)
+    if action_block > 0:
+        block = torch.div((kinds == ACTION).long().cumsum(-1) - 1, action_block, rounding_mode="floor")
+        sees_actions = sees_actions & (block[:, :, None] == block[:, None, :])
     pad_self = (q == PAD) & (idx[None, :] == idx[:, None])
     return sees_prefix | sees_targets | sees_actions | pad_self

@@ -45,12 +45,13 @@ LOSS_KEYS = ("loss", "flow_loss", "fast_loss", "text_loss")
 class _LossModule(nn.Module):
     """forward(batch) -> losses, so DDP sees a forward() (its reducer is prepared there)."""
 
-    def __init__(self, model: KIVLA):
+    def __init__(self, model: KIVLA, flow_samples: int = 1):
         super().__init__()
         self.model = model
+        self.flow_samples = flow_samples
 
     def forward(self, batch):
-        return self.model.compute_loss(batch)
+        return self.model.compute_loss(batch, flow_samples=self.flow_samples)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -170,7 +171,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     if cfg.parallel == "fsdp" and not distributed:
         say("[train] parallel: fsdp needs torchrun with more than one process; training unsharded")
     state = ckpt.load_checkpoint(start_ckpt, rank) if start_ckpt is not None else None
-    loss_module = _LossModule(model)
+    loss_module = _LossModule(model, cfg.flow_samples)
     if use_fsdp:
         from ki_vla_ros.train import fsdp
 
