@@ -61,6 +61,8 @@ VARIANTS: dict[str, dict] = {
     # delta with 4 / 8 (noise, flow time) draws per example sharing one backbone pass (TrainConfig.flow_samples)
     "delta_k4": {"dataset": {"delta_actions": ALOHA_ARM_JOINTS}, "flow_samples": 4},
     "delta_k8": {"dataset": {"delta_actions": ALOHA_ARM_JOINTS}, "flow_samples": 8},
+    "delta_seed1": {"dataset": {"delta_actions": ALOHA_ARM_JOINTS}, "seed": 1},
+    "delta_k4_seed1": {"dataset": {"delta_actions": ALOHA_ARM_JOINTS}, "flow_samples": 4, "seed": 1},
 }
 TIME_SAMPLERS = {
     "uniform": lambda b, device: torch.rand(b, device=device) * 0.999 + 0.001,
