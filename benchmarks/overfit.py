@@ -15,7 +15,7 @@ Variants (`VARIANTS`; all start from `base`, the default model's training settin
 scale: lr 5e-4, warm-up 100, cosine to 0.1 x lr, EMA 0.999, Beta(1.5, 1) flow times, the dataset's
 default min_quantile_range). ``time_uniform`` / ``time_low`` replace `KIVLA.sample_time` in this
 process only (a diagnostic, not a training option). A finished variant (summary.json) is reused.
-Prints and writes OUT/overfit.json.
+A killed variant resumes from its last checkpoint (every 250 steps). Prints and writes OUT/overfit.json.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def run_config(args, name: str) -> tuple[dict, str]:
            "recipe": args.recipe, "seed": 0, "steps": args.steps, "batch_size": args.batch_size,
            "optim": {"lr": 5e-4, "warmup_steps": 100, "min_lr_ratio": 0.1, **v.pop("optim", {})},
            "ema_decay": 0.999, "precision": args.precision, "threads": args.threads, "log_every": 10,
-           "eval_every": 0, "checkpoint_every": args.steps, "keep_checkpoints": 1, "progress": False,
+           "eval_every": 0, "checkpoint_every": min(args.steps, 250), "keep_checkpoints": 1, "progress": False,
            "cache_dir": str(Path(args.out) / "cache")}
     time = v.pop("time", "")
     cfg.update(v)
