@@ -232,8 +232,7 @@ class KIVLA(nn.Module):
             noise = batch.get("noise")
             noise = torch.randn_like(actions) if noise is None else noise
             t = batch.get("time")
-            t = (self.sample_time(b * k, actions.device).view(b, k) if k > 1 else self.sample_time(b, actions.device)
-                 ) if t is None else t
+            t = self.sample_time(b * k, actions.device).view(actions.shape[:-2]) if t is None else t  # [B] | [B, K]
             if noise.shape != actions.shape or t.shape != actions.shape[:-2]:
                 raise ValueError(f"noise {tuple(noise.shape)} / time {tuple(t.shape)}: expected "
                                  f"{tuple(actions.shape)} / {tuple(actions.shape[:-2])} for flow_samples={k}")
