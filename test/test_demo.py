@@ -2,6 +2,7 @@
 random-weight model, over real DDS, short sim-time limits."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -44,6 +45,18 @@ def test_default_model_resolves_and_missing_model_explains_how_to_make_one(tmp_p
     assert "ki-vla init-model" in str(info.value) and "--model" in str(info.value)
 
 
+def test_child_process_runs_at_the_given_nice_increment(tmp_path):
+    """The demo's stand-in robot yields the CPU to the policy node (`--sim-nice`)."""
+    from ki_vla_ros.ros.demo import Child
+
+    code = "import os; print(os.nice(0))"
+    for nice in (0, 7):
+        child = Child("probe", [sys.executable, "-c", code], dict(os.environ), tmp_path / f"{nice}.log", nice=nice)
+        child.popen.wait(30)
+        child.stop()
+        assert int((tmp_path / f"{nice}.log").read_text()) == os.nice(0) + nice
+
+
 def test_summary_per_task_per_instruction_and_overall():
     def ep(task, seed, ok, followed, said="x"):
         return EpisodeResult(task, said, seed, ok, followed, 1.0, 1.0, 1, 2, None, None, None, None, 1.0, 0.1, 0.0, 0)
@@ -80,6 +93,9 @@ def test_demo_runs_an_episode_and_saves_video_and_plot(tiny_model, ros_env, tmp_
                   "control latency:", "chunks:"):
         assert field in proc.stdout, logs
     assert "pick up the blue cube with the right arm" in proc.stdout
+    # the default backend is ONNX Runtime: the folder had no export, so the demo made it first
+    assert f"exported {tiny_model / 'onnx'}" in proc.stdout and (tiny_model / "onnx" / "export.json").is_file()
+    assert "backend onnxruntime" in proc.stdout
     assert (out / "episode.mp4").stat().st_size > 1000 or (out / "episode.png").is_file()
     assert (out / "joints.png").stat().st_size > 1000
     report = json.loads((out / "report.json").read_text())
@@ -89,6 +105,7 @@ def test_demo_runs_an_episode_and_saves_video_and_plot(tiny_model, ros_env, tmp_
     assert report["max_joint_motion"] > 0.01, report  # the trajectories moved the joints
     assert report["inference_ms_p50"] is not None
     assert report["exit_codes"] == {"policy_node": 0, "sim_node": 0}, report
+    assert report["backend"] == "onnxruntime"
 
 
 @pytest.mark.dds

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from ki_vla_ros.runtime import BackendError, Layout, ModelDirError, Observation, Policy
 from ki_vla_ros.runtime.init_model import init_model_dir
-from ki_vla_ros.runtime.model_dir import MANIFEST, WEIGHTS
+from ki_vla_ros.runtime.model_dir import FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS
 
 CAMERAS = ["cam_high", "cam_left_wrist", "cam_right_wrist"]
 LAYOUT = Layout(CAMERAS, [f"q{i}" for i in range(14)], [f"a{i}" for i in range(14)], 50.0)
@@ -172,6 +172,29 @@ def test_tensorrt_missing_is_a_clear_error(tiny_dir):
             Policy.load(tiny_dir, backend="tensorrt")
     else:
         pytest.skip("TensorRT and a GPU are present: test_tensorrt_matches_onnxruntime covers the backend")
+
+
+def test_ensure_export_exports_once_per_weights_and_flow_steps(tiny_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from ki_vla_ros.export.cli import ensure_export
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny_dir, model_dir)
+    spec = model_dir / "onnx" / "export.json"
+    assert ensure_export(model_dir, num_steps=3) and spec.is_file()
+    made = spec.stat().st_mtime_ns
+    assert not ensure_export(model_dir, num_steps=3) and spec.stat().st_mtime_ns == made  # up to date: kept
+    Policy.load(model_dir, backend="onnxruntime", num_steps=3)
+    assert ensure_export(model_dir, num_steps=4)  # other flow steps: exported again
+    Policy.load(model_dir, backend="onnxruntime", num_steps=4)
+    tensors = load_file(str(model_dir / WEIGHTS))  # other weights (a retrained folder): exported again
+    name = next(k for k in tensors if k.endswith("weight"))
+    tensors[name] = tensors[name] + 0.01
+    save_file(tensors, str(model_dir / WEIGHTS), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    with pytest.raises(BackendError, match="other weights"):
+        Policy.load(model_dir, backend="onnxruntime", num_steps=4)
+    assert ensure_export(model_dir, num_steps=4)
+    Policy.load(model_dir, backend="onnxruntime", num_steps=4)
 
 
 @pytest.mark.gpu

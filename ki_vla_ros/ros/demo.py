@@ -86,11 +86,12 @@ def ros_child_env(domain: int | None = None) -> dict[str, str]:
 class Child:
     """A node process with its output in a log file; stopped with SIGINT, then killed."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path):
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path, nice: int = 0):
         self.name, self.log_path = name, log
         self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(args, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, text=True)
+                                      stdin=subprocess.DEVNULL, text=True,
+                                      preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -123,9 +124,12 @@ class SimRig:
     def __init__(self, model_dir: Path, backend: str = "torch", log_dir: Path = Path("outputs/demo/logs"),
                  image_size: int = 0, camera_every: int = 1, render_quality: str = "fast",
                  real_time_factor: float = 1.0, num_steps: int = 10, record_video: bool = False,
-                 policy_class: str = "", threads: int = 0):
+                 policy_class: str = "", threads: int = 0, precision: str = "auto", sim_nice: int = 0):
         self.model_dir, self.backend, self.policy_class = Path(model_dir), backend, policy_class
-        self.threads = threads
+        self.threads, self.precision = threads, precision
+        # the stand-in robot (sim node, this process's recorder thread) yields the CPU to the policy
+        # node: on a real robot cameras and controllers do not run on the policy's cores
+        self.sim_nice = sim_nice
         self.log_dir = Path(log_dir)
         self.sim_params = {"image_size": image_size, "camera_every": camera_every,
                            "render_quality": render_quality, "real_time_factor": float(real_time_factor)}
@@ -145,9 +149,9 @@ class SimRig:
         sim_args = [py, "-m", "ki_vla_ros.ros.sim_node", "--ros-args"]
         for k, v in self.sim_params.items():
             sim_args += ["-p", f"{k}:={v}"]
-        self.children.append(Child("sim_node", sim_args, env, self.log_dir / "sim_node.log"))
+        self.children.append(Child("sim_node", sim_args, env, self.log_dir / "sim_node.log", nice=self.sim_nice))
         pol_args = [py, "-m", "ki_vla_ros.cli", "run", "--model", str(self.model_dir), "--backend", self.backend,
-                    "--use-sim-time", "-p", f"num_steps:={self.num_steps}"]
+                    "--use-sim-time", "-p", f"num_steps:={self.num_steps}", "-p", f"precision:={self.precision}"]
         if self.policy_class:
             pol_args += ["--policy-class", self.policy_class]
         if self.threads:
@@ -191,6 +195,9 @@ class SimRig:
         self._spin.start()
 
     def _spin_loop(self) -> None:
+        if self.sim_nice:  # this thread only (Linux: a thread's nice value is its own)
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + self.sim_nice)
         try:
             self._executor.spin()
         except Exception:  # noqa: BLE001 - shutdown
@@ -493,7 +500,12 @@ def resolve_model(model: str) -> Path:
 
 def _common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", default="", help="model folder (default: models/aloha_sim_ki)")
-    ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    ap.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime"],
+                    help="the policy node's backend [onnxruntime: the faster one on a CPU; the model folder's "
+                         "ONNX export is made on first use]")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
+                    help="what the policy computes in (other than fp32: only once `ki-vla export --precision` "
+                         "has checked it on this model folder) [auto: fp32 on torch and onnxruntime]")
     ap.add_argument("--duration", type=float, default=None,
                     help="episode length in sim seconds (default: 8 for picks, 15 for hand-overs)")
     ap.add_argument("--image-size", type=int, default=0,
@@ -503,6 +515,10 @@ def _common_args(ap: argparse.ArgumentParser) -> None:
                     help="publish the cameras every k-th 50 Hz sim step [2: 25 Hz, a camera's rate]")
     ap.add_argument("--threads", type=int, default=1,
                     help="inference threads of the policy node (0 = one per core) [1: the sim needs the other core]")
+    ap.add_argument("--sim-nice", type=int, default=10,
+                    help="CPU priority the stand-in robot (sim node, recorder) gives up to the policy node "
+                         "(nice increment; 0 = equal) [10: on a real robot the cameras and controllers do not "
+                         "run on the policy's cores]")
     ap.add_argument("--render-quality", default="fast", choices=["fast", "full"])
     ap.add_argument("--num-steps", type=int, default=10, help="flow-matching steps of the policy [10]")
     ap.add_argument("--policy-class", default="", metavar="MODULE:CLASS",
@@ -525,10 +541,17 @@ def model_image_size(model_dir: Path) -> int:
 def _rig(opts, out: Path, record_video: bool) -> SimRig:
     model = resolve_model(opts.model)
     size = opts.image_size or model_image_size(model)
+    if opts.backend == "onnxruntime" and opts.precision in ("auto", "fp32", "int8") and not opts.policy_class:
+        from ki_vla_ros.export.cli import ensure_export
+
+        print(f"checking the ONNX export of {model} (made once per weights; ~20 s for `small`) ...", flush=True)
+        if ensure_export(model, opts.num_steps, opts.precision):
+            print(f"exported {model / 'onnx'}", flush=True)
     return SimRig(model, backend=opts.backend, log_dir=out / "logs",
                   image_size=size, camera_every=opts.camera_every, render_quality=opts.render_quality,
                   real_time_factor=opts.real_time_factor, num_steps=opts.num_steps, record_video=record_video,
-                  threads=opts.threads, policy_class=opts.policy_class)
+                  threads=opts.threads, policy_class=opts.policy_class, precision=opts.precision,
+                  sim_nice=opts.sim_nice)
 
 
 def demo_main(argv: list[str] | None = None) -> int:

@@ -291,7 +291,8 @@ class PolicyNode(LifecycleNode):
         self._chunk_pub = self.create_publisher(Float64MultiArray, "~/action_chunk", COMMAND_QOS)
         self._entities += [*self._pubs.values(), self._chunk_pub]
         self._has_streamed = any(o.type != "joint_trajectory" for o in emb.outputs)
-        self._entities.append(self.create_timer(emb.dt, self._control_tick))
+        if self._has_streamed:  # trajectories go out once per chunk; a control-rate timer would only wake the executor
+            self._entities.append(self.create_timer(emb.dt, self._control_tick))
 
         self._stopping.clear()
         self._thread = threading.Thread(target=self._inference_loop, name="policy_inference", daemon=True)
@@ -537,8 +538,6 @@ class PolicyNode(LifecycleNode):
         self._pubs[o.name].publish(Float64MultiArray(data=[float(v) for v in positions]))
 
     def _control_tick(self) -> None:
-        if not self._has_streamed:
-            return
         with self._lock:
             running = self._running
         if not running:
