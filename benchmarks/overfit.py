@@ -32,6 +32,8 @@ from ki_vla_ros.configio import from_dict
 from ki_vla_ros.control.eval_bag import evaluate_bag
 from ki_vla_ros.embodiment import load_embodiment
 from ki_vla_ros.model import KIVLA
+from ki_vla_ros.model.recipes import RECIPES
+from ki_vla_ros.runtime.fast_policy import FastTokenPolicy
 from ki_vla_ros.runtime.policy import Policy
 from ki_vla_ros.sim.tasks import TASKS
 from ki_vla_ros.train.checkpoint import list_checkpoints
@@ -63,6 +65,9 @@ VARIANTS: dict[str, dict] = {
     "delta_k8": {"dataset": {"delta_actions": ALOHA_ARM_JOINTS}, "flow_samples": 8},
     "delta_seed1": {"dataset": {"delta_actions": ALOHA_ARM_JOINTS}, "seed": 1},
     "delta_k4_seed1": {"dataset": {"delta_actions": ALOHA_ARM_JOINTS}, "flow_samples": 4, "seed": 1},
+    # the `ki` recipe: the backbone also learns FAST tokens (cross-entropy), the expert reads it through
+    # the stop-gradient; both heads are measured (the expert, and FAST decoding as a policy)
+    "ki_delta_k4": {"recipe": "ki", "dataset": {"delta_actions": ALOHA_ARM_JOINTS}, "flow_samples": 4},
 }
 TIME_SAMPLERS = {
     "uniform": lambda b, device: torch.rand(b, device=device) * 0.999 + 0.001,
@@ -80,7 +85,7 @@ def run_config(args, name: str) -> tuple[dict, str]:
     dataset = {"name": "sim", "type": "rosbag", "path": str(Path(args.data) / "bags"), "embodiment": "aloha_bimanual",
                "action_source": "commanded", "val_episodes": 0, **v.pop("dataset", {})}
     cfg = {"run_dir": str(Path(args.out) / name), "datasets": [dataset], "model": {"preset": args.preset},
-           "recipe": args.recipe, "seed": 0, "steps": args.steps, "batch_size": args.batch_size,
+           "recipe": v.pop("recipe", args.recipe), "seed": 0, "steps": args.steps, "batch_size": args.batch_size,
            "optim": {"lr": 5e-4, "warmup_steps": 100, "min_lr_ratio": 0.1, **v.pop("optim", {})},
            "ema_decay": 0.999, "precision": args.precision, "threads": args.threads, "log_every": 10,
            "eval_every": 0, "checkpoint_every": min(args.steps, 250), "keep_checkpoints": 1, "progress": False,
@@ -99,10 +104,10 @@ def arm_errors(report: dict, arm: str) -> dict:
             "idle_arm_mae_rad": float(np.mean([per[k] for k in idle]))}
 
 
-def measure(model_dir: Path, data: Path, stride: float, episodes: int = 0) -> dict:
+def measure(model_dir: Path, data: Path, stride: float, episodes: int = 0, policy_cls=Policy) -> dict:
     """Errors on the first ``episodes`` episodes of episodes.jsonl (0: all), the ones trained on."""
     emb = load_embodiment("aloha_bimanual")
-    policy = Policy.load(model_dir)
+    policy = policy_cls.load(model_dir)
     rows = [json.loads(line) for line in (data / "episodes.jsonl").read_text().splitlines()]
     rows = rows[:episodes] if episodes else rows
     h = policy.action_horizon
@@ -153,6 +158,9 @@ def main() -> None:
         results[name] = {"steps": summary["steps"], "seconds": summary["seconds"],
                          "flow_loss_last50_steps": round(float(np.mean(log["flow_loss"][-5:])), 4),
                          **measure(model_dir, Path(args.data), args.stride, cfg.datasets[0].max_episodes)}
+        if RECIPES[cfg.recipe].use_fast:  # the backbone's own head: FAST tokens decoded greedily
+            results[name]["fast_decoding"] = measure(model_dir, Path(args.data), args.stride,
+                                                     cfg.datasets[0].max_episodes, FastTokenPolicy)
         print(name, json.dumps(results[name]), flush=True)
     previous.write_text(json.dumps({"settings": vars(args), "results": results}, indent=1))
     print(json.dumps(results, indent=1))

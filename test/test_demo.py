@@ -3,6 +3,7 @@ random-weight model, over real DDS, short sim-time limits."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -55,6 +56,24 @@ def test_child_process_runs_at_the_given_nice_increment(tmp_path):
         child.popen.wait(30)
         child.stop()
         assert int((tmp_path / f"{nice}.log").read_text()) == os.nice(0) + nice
+
+
+def test_backend_auto_is_onnxruntime_for_the_flow_policy_and_torch_for_a_policy_class(tiny_model, tmp_path):
+    import argparse
+
+    from ki_vla_ros.ros.demo import _common_args, _rig
+
+    ap = argparse.ArgumentParser()
+    _common_args(ap)
+    cls = "ki_vla_ros.runtime.fast_policy:FastTokenPolicy"  # decodes on torch only
+    rig = _rig(ap.parse_args(["--model", str(tiny_model), "--policy-class", cls]), tmp_path, record_video=False)
+    assert rig.backend == "torch" and rig.policy_class == cls and rig.sim_nice == 10
+    rig = _rig(ap.parse_args(["--model", str(tiny_model), "--backend", "torch", "--sim-nice", "0"]), tmp_path, False)
+    assert rig.backend == "torch" and rig.sim_nice == 0
+    model = tmp_path / "m"  # a copy: the module's folder stays unexported for the demo test
+    shutil.copytree(tiny_model, model, ignore=shutil.ignore_patterns("onnx"))
+    assert _rig(ap.parse_args(["--model", str(model)]), tmp_path, False).backend == "onnxruntime"
+    assert (model / "onnx" / "export.json").is_file()
 
 
 def test_summary_per_task_per_instruction_and_overall():

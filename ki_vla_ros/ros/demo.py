@@ -500,9 +500,9 @@ def resolve_model(model: str) -> Path:
 
 def _common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", default="", help="model folder (default: models/aloha_sim_ki)")
-    ap.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime"],
-                    help="the policy node's backend [onnxruntime: the faster one on a CPU; the model folder's "
-                         "ONNX export is made on first use]")
+    ap.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
+                    help="the policy node's backend [auto: onnxruntime, the faster one on a CPU (the model "
+                         "folder's ONNX export is made on first use); torch with --policy-class]")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
                     help="what the policy computes in (other than fp32: only once `ki-vla export --precision` "
                          "has checked it on this model folder) [auto: fp32 on torch and onnxruntime]")
@@ -541,6 +541,8 @@ def model_image_size(model_dir: Path) -> int:
 def _rig(opts, out: Path, record_video: bool) -> SimRig:
     model = resolve_model(opts.model)
     size = opts.image_size or model_image_size(model)
+    if opts.backend == "auto":  # the flow policy on ONNX Runtime; a --policy-class on the backend it was written for
+        opts.backend = "torch" if opts.policy_class else "onnxruntime"
     if opts.backend == "onnxruntime" and opts.precision in ("auto", "fp32", "int8") and not opts.policy_class:
         from ki_vla_ros.export.cli import ensure_export
 
