@@ -36,6 +36,7 @@ from ki_vla_ros.model.recipes import RECIPES
 from ki_vla_ros.runtime.fast_policy import FastTokenPolicy
 from ki_vla_ros.runtime.policy import Policy
 from ki_vla_ros.sim.tasks import TASKS
+from ki_vla_ros.tokenize.fast import FastDecodeError
 from ki_vla_ros.train.checkpoint import list_checkpoints
 from ki_vla_ros.train.config import TrainConfig
 from ki_vla_ros.train.evaluate import read_csv
@@ -159,8 +160,11 @@ def main() -> None:
                          "flow_loss_last50_steps": round(float(np.mean(log["flow_loss"][-5:])), 4),
                          **measure(model_dir, Path(args.data), args.stride, cfg.datasets[0].max_episodes)}
         if RECIPES[cfg.recipe].use_fast:  # the backbone's own head: FAST tokens decoded greedily
-            results[name]["fast_decoding"] = measure(model_dir, Path(args.data), args.stride,
-                                                     cfg.datasets[0].max_episodes, FastTokenPolicy)
+            try:
+                results[name]["fast_decoding"] = measure(model_dir, Path(args.data), args.stride,
+                                                         cfg.datasets[0].max_episodes, FastTokenPolicy)
+            except FastDecodeError as exc:  # an undertrained backbone may emit tokens that are no chunk
+                results[name]["fast_decoding"] = {"error": str(exc)}
         print(name, json.dumps(results[name]), flush=True)
     previous.write_text(json.dumps({"settings": vars(args), "results": results}, indent=1))
     print(json.dumps(results, indent=1))

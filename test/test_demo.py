@@ -67,7 +67,7 @@ def test_backend_auto_is_onnxruntime_for_the_flow_policy_and_torch_for_a_policy_
     _common_args(ap)
     cls = "ki_vla_ros.runtime.fast_policy:FastTokenPolicy"  # decodes on torch only
     rig = _rig(ap.parse_args(["--model", str(tiny_model), "--policy-class", cls]), tmp_path, record_video=False)
-    assert rig.backend == "torch" and rig.policy_class == cls and rig.sim_nice == 10
+    assert rig.backend == "torch" and rig.policy_class == cls and rig.sim_nice == 5
     rig = _rig(ap.parse_args(["--model", str(tiny_model), "--backend", "torch", "--sim-nice", "0"]), tmp_path, False)
     assert rig.backend == "torch" and rig.sim_nice == 0
     model = tmp_path / "m"  # a copy: the module's folder stays unexported for the demo test

@@ -515,9 +515,9 @@ def _common_args(ap: argparse.ArgumentParser) -> None:
                     help="publish the cameras every k-th 50 Hz sim step [2: 25 Hz, a camera's rate]")
     ap.add_argument("--threads", type=int, default=1,
                     help="inference threads of the policy node (0 = one per core) [1: the sim needs the other core]")
-    ap.add_argument("--sim-nice", type=int, default=10,
+    ap.add_argument("--sim-nice", type=int, default=5,
                     help="CPU priority the stand-in robot (sim node, recorder) gives up to the policy node "
-                         "(nice increment; 0 = equal) [10: on a real robot the cameras and controllers do not "
+                         "(nice increment; 0 = equal) [5: on a real robot the cameras and controllers do not "
                          "run on the policy's cores]")
     ap.add_argument("--render-quality", default="fast", choices=["fast", "full"])
     ap.add_argument("--num-steps", type=int, default=10, help="flow-matching steps of the policy [10]")

@@ -612,7 +612,8 @@ class PolicyNode(LifecycleNode):
             self._stopping.wait(0.01)
             return
         if now < self._next_infer_t and not self._holding:
-            self._stopping.wait(min(0.005, max(0.0, self._next_infer_t - now)))
+            # until the next inference, re-check the inputs every control period (stale data -> hold)
+            self._stopping.wait(min(self.embodiment.dt, max(0.0, self._next_infer_t - now)))
             return
         instruction = self._p("instruction")
         images, state = self._snapshot()
