@@ -43,14 +43,14 @@ def export_model_dir(model_dir: str | Path, num_steps: int | None = None,
 def ensure_export(model_dir: str | Path, num_steps: int | None = None, precision: str = "fp32") -> bool:
     """Export the folder's ONNX files unless an export of these weights, flow steps and precision is
     there already (a one-time cost: ~20 s for `small` on 2 cores). True when it exported."""
-    from ki_vla_ros.runtime.backends import BackendError, _check_export
+    from ki_vla_ros.runtime.backends import BackendError, check_export
     from ki_vla_ros.runtime.model_dir import WEIGHTS, file_sha256, load_manifest
 
     path = Path(model_dir)
     steps = num_steps or load_manifest(path).num_flow_steps
     precision = "fp32" if precision == "auto" else precision
     try:
-        _check_export(path / "onnx", file_sha256(path / WEIGHTS), steps, precision)
+        check_export(path / "onnx", file_sha256(path / WEIGHTS), steps, precision)
         return False
     except BackendError:
         export_model_dir(path, steps, precisions=tuple(dict.fromkeys(("fp32", precision))))

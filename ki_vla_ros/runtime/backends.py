@@ -85,7 +85,9 @@ def prefix_inputs(noise: np.ndarray, action_prefix: np.ndarray | None, action_pr
     return prefix, length
 
 
-def _check_export(onnx_dir: Path, weights_sha256: str, num_steps: int, precision: str = "fp32") -> ExportSpec:
+def check_export(onnx_dir: Path, weights_sha256: str, num_steps: int, precision: str = "fp32") -> ExportSpec:
+    """The export spec of `onnx_dir` if it was made from these weights, with these flow steps and this
+    precision; BackendError saying how to re-export otherwise."""
     spec_path = onnx_dir / "export.json"
     if not spec_path.is_file():
         raise BackendError(f"{spec_path}: missing; export the model first (`ki-vla export --model DIR`)")
@@ -119,7 +121,7 @@ class OnnxRuntimeBackend:
             raise BackendError(f"backend 'onnxruntime' runs {', '.join(self.precisions)}, not {precision!r} "
                                f"(bf16 / fp16: backend torch or tensorrt)")
         self.precision = precision
-        self.spec = _check_export(onnx_dir, weights_sha256, num_steps, precision)
+        self.spec = check_export(onnx_dir, weights_sha256, num_steps, precision)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -173,7 +175,7 @@ class TensorRTBackend:
         except te.TensorRTUnavailable as exc:
             raise BackendError(str(exc)) from None
         self.precision = te.pick_precision(precision)
-        self.spec = _check_export(onnx_dir, weights_sha256, num_steps, self.precision)
+        self.spec = check_export(onnx_dir, weights_sha256, num_steps, self.precision)
         cache_dir = te.engine_dir(onnx_dir, self.precision)
         timing_cache = onnx_dir / "engines" / "timing.cache"
         s = self.spec
