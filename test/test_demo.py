@@ -70,6 +70,8 @@ def test_backend_auto_is_onnxruntime_for_the_flow_policy_and_torch_for_a_policy_
     assert rig.backend == "torch" and rig.policy_class == cls and rig.sim_nice == 5
     rig = _rig(ap.parse_args(["--model", str(tiny_model), "--backend", "torch", "--sim-nice", "0"]), tmp_path, False)
     assert rig.backend == "torch" and rig.sim_nice == 0
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--sim-nice", "-3"])
     model = tmp_path / "m"  # a copy: the module's folder stays unexported for the demo test
     shutil.copytree(tiny_model, model, ignore=shutil.ignore_patterns("onnx"))
     assert _rig(ap.parse_args(["--model", str(model)]), tmp_path, False).backend == "onnxruntime"

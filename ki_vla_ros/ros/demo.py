@@ -197,7 +197,10 @@ class SimRig:
     def _spin_loop(self) -> None:
         if self.sim_nice:  # this thread only (Linux: a thread's nice value is its own)
             tid = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + self.sim_nice)
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + self.sim_nice)
+            except OSError:  # elsewhere this would lower the whole process; the recorder then shares equally
+                pass
         try:
             self._executor.spin()
         except Exception:  # noqa: BLE001 - shutdown
@@ -498,6 +501,13 @@ def resolve_model(model: str) -> Path:
     return path
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:  # raising priority needs privileges; the policy node's priority is the reference
+        raise argparse.ArgumentTypeError(f"must be >= 0 (the sim's priority is lowered, never raised), got {value}")
+    return value
+
+
 def _common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", default="", help="model folder (default: models/aloha_sim_ki)")
     ap.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
@@ -515,7 +525,7 @@ def _common_args(ap: argparse.ArgumentParser) -> None:
                     help="publish the cameras every k-th 50 Hz sim step [2: 25 Hz, a camera's rate]")
     ap.add_argument("--threads", type=int, default=1,
                     help="inference threads of the policy node (0 = one per core) [1: the sim needs the other core]")
-    ap.add_argument("--sim-nice", type=int, default=5,
+    ap.add_argument("--sim-nice", type=_non_negative_int, default=5,
                     help="CPU priority the stand-in robot (sim node, recorder) gives up to the policy node "
                          "(nice increment; 0 = equal) [5: on a real robot the cameras and controllers do not "
                          "run on the policy's cores]")
