@@ -41,14 +41,18 @@ def export_model_dir(model_dir: str | Path, num_steps: int | None = None,
 
 
 def ensure_export(model_dir: str | Path, num_steps: int | None = None, precision: str = "fp32") -> bool:
-    """Export the folder's ONNX files unless an export of these weights, flow steps and precision is
-    there already (a one-time cost: ~20 s for `small` on 2 cores). True when it exported."""
-    from ki_vla_ros.runtime.backends import BackendError, check_export
+    """Export the folder's ONNX files for ONNX Runtime unless an export of these weights, flow steps
+    and precision is there already (a one-time cost: ~20 s for `small` on 2 cores). True when it
+    exported."""
+    from ki_vla_ros.runtime.backends import BackendError, OnnxRuntimeBackend, check_export
     from ki_vla_ros.runtime.model_dir import WEIGHTS, file_sha256, load_manifest
+    from ki_vla_ros.runtime.precision import resolve_precision
 
     path = Path(model_dir)
     steps = num_steps or load_manifest(path).num_flow_steps
-    precision = "fp32" if precision == "auto" else precision
+    precision = resolve_precision(OnnxRuntimeBackend.name, precision)
+    if precision not in OnnxRuntimeBackend.precisions:
+        return False  # nothing ONNX Runtime could run: the backend names the precisions it has
     try:
         check_export(path / "onnx", file_sha256(path / WEIGHTS), steps, precision)
         return False

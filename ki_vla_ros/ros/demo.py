@@ -551,15 +551,16 @@ def model_image_size(model_dir: Path) -> int:
 def _rig(opts, out: Path, record_video: bool) -> SimRig:
     model = resolve_model(opts.model)
     size = opts.image_size or model_image_size(model)
-    if opts.backend == "auto":  # the flow policy on ONNX Runtime; a --policy-class on the backend it was written for
-        opts.backend = "torch" if opts.policy_class else "onnxruntime"
-    if opts.backend == "onnxruntime" and opts.precision in ("auto", "fp32", "int8") and not opts.policy_class:
+    backend = opts.backend
+    if backend == "auto":  # the flow policy on ONNX Runtime; a --policy-class on the backend it was written for
+        backend = "torch" if opts.policy_class else "onnxruntime"
+    if backend == "onnxruntime" and not opts.policy_class:
         from ki_vla_ros.export.cli import ensure_export
 
         print(f"checking the ONNX export of {model} (made once per weights; ~20 s for `small`) ...", flush=True)
         if ensure_export(model, opts.num_steps, opts.precision):
             print(f"exported {model / 'onnx'}", flush=True)
-    return SimRig(model, backend=opts.backend, log_dir=out / "logs",
+    return SimRig(model, backend=backend, log_dir=out / "logs",
                   image_size=size, camera_every=opts.camera_every, render_quality=opts.render_quality,
                   real_time_factor=opts.real_time_factor, num_steps=opts.num_steps, record_video=record_video,
                   threads=opts.threads, policy_class=opts.policy_class, precision=opts.precision,
@@ -583,7 +584,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     except DemoError as exc:
         print(f"ki-vla demo: {exc}", file=sys.stderr)
         return 2
-    print(f"ki-vla demo: starting the sim and the policy node (model {rig.model_dir}, backend {opts.backend}) ...",
+    print(f"ki-vla demo: starting the sim and the policy node (model {rig.model_dir}, backend {rig.backend}) ...",
           flush=True)
     try:
         rig.start()
@@ -606,7 +607,7 @@ def demo_main(argv: list[str] | None = None) -> int:
 
     files.append(save_joint_plot(r.recording, JOINT_NAMES, out / "joints.png",
                                  f"{r.task} seed {r.seed}: success {r.success}"))
-    report = {**r.summary(), "model": str(rig.model_dir), "backend": opts.backend, "exit_codes": codes}
+    report = {**r.summary(), "model": str(rig.model_dir), "backend": rig.backend, "exit_codes": codes}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     files.append(out / "report.json")
     print("saved:                 " + ", ".join(str(f) for f in files))
@@ -666,7 +667,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     rig.close()
     summary = summarize(results)
     print(format_table(summary))
-    meta = {"model": str(rig.model_dir), "backend": opts.backend, "episodes_per_task": opts.episodes,
+    meta = {"model": str(rig.model_dir), "backend": rig.backend, "episodes_per_task": opts.episodes,
             "first_seed": opts.seed, "duration": opts.duration, "image_size": opts.image_size,
             "camera_every": opts.camera_every, "render_quality": opts.render_quality,
             "instructions_file": opts.instructions or None, "instructions": instructions}

@@ -290,8 +290,8 @@ class PolicyNode(LifecycleNode):
                 self._pubs[o.name] = self.create_publisher(twist_type, o.topic, COMMAND_QOS)
         self._chunk_pub = self.create_publisher(Float64MultiArray, "~/action_chunk", COMMAND_QOS)
         self._entities += [*self._pubs.values(), self._chunk_pub]
-        self._has_streamed = any(o.type != "joint_trajectory" for o in emb.outputs)
-        if self._has_streamed:  # trajectories go out once per chunk; a control-rate timer would only wake the executor
+        # trajectories go out once per chunk; a control-rate timer would only wake the executor
+        if any(o.type != "joint_trajectory" for o in emb.outputs):
             self._entities.append(self.create_timer(emb.dt, self._control_tick))
 
         self._stopping.clear()
