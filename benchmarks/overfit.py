@@ -10,6 +10,7 @@ the training settings, and measure what a grasp needs, in robot units, through t
     MUJOCO_GL=egl python -m ki_vla_ros.sim.generate --out data/overfit --episodes-per-task 2 --seed 1000 \\
         --image-size 112 --tasks pick_red_left --vlm-scenes 0 --phrasings canonical
     python benchmarks/overfit.py --data data/overfit --out outputs/overfit --steps 300 --variants base lr1e-3
+    python benchmarks/overfit.py ... --variants delta_k4 delta_k4_sample --flow-steps 1 2 5 10
 
 Variants (`VARIANTS`; all start from `base`, the default model's training settings at this
 scale: lr 5e-4, warm-up 100, cosine to 0.1 x lr, EMA 0.999, Beta(1.5, 1) flow times, the dataset's
@@ -69,6 +70,9 @@ VARIANTS: dict[str, dict] = {
     # the `ki` recipe: the backbone also learns FAST tokens (cross-entropy), the expert reads it through
     # the stop-gradient; both heads are measured (the expert, and FAST decoding as a policy)
     "ki_delta_k4": {"recipe": "ki", "dataset": {"delta_actions": ALOHA_ARM_JOINTS}, "flow_samples": 4},
+    # delta_k4 with the expert's head predicting the clean chunk instead of the velocity (ModelConfig.flow_output)
+    "delta_k4_sample": {"dataset": {"delta_actions": ALOHA_ARM_JOINTS}, "flow_samples": 4,
+                        "model": {"overrides": {"flow_output": "sample"}}},
 }
 TIME_SAMPLERS = {
     "uniform": lambda b, device: torch.rand(b, device=device) * 0.999 + 0.001,
@@ -85,7 +89,7 @@ def run_config(args, name: str) -> tuple[dict, str]:
     v = copy.deepcopy(VARIANTS[name])
     dataset = {"name": "sim", "type": "rosbag", "path": str(Path(args.data) / "bags"), "embodiment": "aloha_bimanual",
                "action_source": "commanded", "val_episodes": 0, **v.pop("dataset", {})}
-    cfg = {"run_dir": str(Path(args.out) / name), "datasets": [dataset], "model": {"preset": args.preset},
+    cfg = {"run_dir": str(Path(args.out) / name), "datasets": [dataset], "model": {"preset": args.preset, **v.pop("model", {})},
            "recipe": v.pop("recipe", args.recipe), "seed": 0, "steps": args.steps, "batch_size": args.batch_size,
            "optim": {"lr": 5e-4, "warmup_steps": 100, "min_lr_ratio": 0.1, **v.pop("optim", {})},
            "ema_decay": 0.999, "precision": args.precision, "threads": args.threads, "log_every": 10,
@@ -105,10 +109,12 @@ def arm_errors(report: dict, arm: str) -> dict:
             "idle_arm_mae_rad": float(np.mean([per[k] for k in idle]))}
 
 
-def measure(model_dir: Path, data: Path, stride: float, episodes: int = 0, policy_cls=Policy) -> dict:
-    """Errors on the first ``episodes`` episodes of episodes.jsonl (0: all), the ones trained on."""
+def measure(model_dir: Path, data: Path, stride: float, episodes: int = 0, policy_cls=Policy,
+            num_steps: int | None = None) -> dict:
+    """Errors on the first ``episodes`` episodes of episodes.jsonl (0: all), the ones trained on;
+    ``num_steps``: the flow policy's Euler steps (None: the model folder's)."""
     emb = load_embodiment("aloha_bimanual")
-    policy = policy_cls.load(model_dir)
+    policy = policy_cls.load(model_dir, num_steps=num_steps) if num_steps else policy_cls.load(model_dir)
     rows = [json.loads(line) for line in (data / "episodes.jsonl").read_text().splitlines()]
     rows = rows[:episodes] if episodes else rows
     h = policy.action_horizon
@@ -135,6 +141,8 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--stride", type=float, default=0.2, help="seconds between compared chunks [0.2]")
+    ap.add_argument("--flow-steps", type=int, nargs="*", default=[],
+                    help="also measure the flow policy with these numbers of Euler steps (by_flow_steps)")
     args = ap.parse_args()
     out = Path(args.out)
     previous = out / "overfit.json"  # variants measured by earlier invocations stay in the table
@@ -159,6 +167,10 @@ def main() -> None:
         results[name] = {"steps": summary["steps"], "seconds": summary["seconds"],
                          "flow_loss_last50_steps": round(float(np.mean(log["flow_loss"][-5:])), 4),
                          **measure(model_dir, Path(args.data), args.stride, cfg.datasets[0].max_episodes)}
+        if args.flow_steps:  # the sampler's share of the error: the same weights, other step counts
+            results[name]["by_flow_steps"] = {
+                str(n): measure(model_dir, Path(args.data), args.stride, cfg.datasets[0].max_episodes, num_steps=n)
+                for n in args.flow_steps}
         if RECIPES[cfg.recipe].use_fast:  # the backbone's own head: FAST tokens decoded greedily
             try:
                 results[name]["fast_decoding"] = measure(model_dir, Path(args.data), args.stride,

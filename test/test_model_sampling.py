@@ -105,3 +105,50 @@ def test_ada_rmsnorm_starts_as_plain_rmsnorm_with_closed_gate():
     y2, gate2 = norm(x, cond)
     torch.testing.assert_close(y2, 2 * y + 0.5)
     torch.testing.assert_close(gate2, torch.full((2, 1, 6), 2.0))
+
+
+def test_sample_output_head_loss_and_sampler():
+    """flow_output "sample": the head predicts the clean chunk â; the loss is |â − actions|² over the real
+    dims; the flow step's velocity is (x_t − â)/t, so one step returns â at t = 1 and the last of N steps
+    lands exactly on the head's â at t = 1/N; cached and uncached sampling agree."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("tiny", flow_output="sample")
+    model = KIVLA(cfg).eval()
+    open_gates(model)
+    b = synthetic_batch(cfg, batch_size=2, mix="action")
+    t = torch.tensor([0.3, 0.8])
+    b["time"] = t
+    losses = model.compute_loss(b)
+    emb, kinds = model.embed_prefix(b["images"], b["image_mask"], b["tokens"], b["token_kind"], b["state"])
+    x_t = t[:, None, None] * b["noise"] + (1 - t[:, None, None]) * b["actions"]
+    a_hat = model._joint(emb, kinds, x_t, t)[1]
+    dm = b["action_dim_mask"].float()[:, None, :]
+    want = (((a_hat - b["actions"]) ** 2 * dm).sum((1, 2)) / (dm.sum((1, 2)) * cfg.action_horizon)).mean()
+    torch.testing.assert_close(losses["flow_loss"], want)
+    with pytest.raises(ValueError, match="flow_output"):
+        ModelConfig.preset("tiny", flow_output="epsilon")
+
+    pm = b["token_kind"] == PREFIX
+    tokens = torch.where(pm, b["tokens"], 0)
+    args = (b["images"], b["image_mask"], tokens, pm, b["state"], b["noise"])
+    k, v, prefix_mask = model.prefix_cache(*args[:5])
+    head = model.action_out_proj  # the head's own output at a given (x, t), through the cached path
+
+    def a_hat_at(x, tt):
+        seen = {}
+        hook = head.register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
+        model.expert_velocity(k, v, prefix_mask, x, torch.full((2,), tt))
+        hook.remove()
+        return seen["out"]
+
+    torch.testing.assert_close(model.sample_actions(*args, num_steps=1), a_hat_at(b["noise"], 1.0))
+    x = b["noise"]
+    for i in range(3):  # three of four Euler steps by hand, then the last from t = 1/4 lands on â(x, 1/4)
+        tt = 1 - i / 4
+        x = x - 0.25 * model.expert_velocity(k, v, prefix_mask, x, torch.full((2,), tt))
+    four = model.sample_actions(*args, num_steps=4)
+    torch.testing.assert_close(four, a_hat_at(x, 0.25), rtol=0, atol=1e-5)
+    torch.testing.assert_close(four, model.sample_actions_uncached(*args, num_steps=4), rtol=0, atol=1e-5)
+    velocity_model = KIVLA(ModelConfig.preset("tiny"))
+    velocity_model.load_state_dict(model.state_dict())  # same weights, the π0.5 head: another chunk
+    assert not torch.allclose(velocity_model.eval().sample_actions(*args, num_steps=4), four, atol=1e-3)

@@ -73,6 +73,9 @@ class ModelConfig:
     use_fast: bool = True  # FAST-token cross-entropy counts in `loss`
     use_flow: bool = True  # run the expert and count the flow loss
     alpha: float = 1.0  # eq. 4 weight of the flow loss
+    # what the expert's output head predicts (kivla.py, "Flow output"): "velocity" (π0 / π0.5: the
+    # flow's velocity) or "sample" (the clean chunk; the flow step's velocity is (x_t − â) / t)
+    flow_output: Literal["velocity", "sample"] = "velocity"
     # numerics
     rope_base: float = 10000.0
     norm_eps: float = 1e-6
@@ -116,6 +119,8 @@ class ModelConfig:
             raise ValueError("head_dim: must be even (rotate-halves RoPE)")
         if self.state_mode not in ("text", "tokens", "continuous"):
             raise ValueError(f"state_mode: expected text|tokens|continuous, got {self.state_mode!r}")
+        if self.flow_output not in ("velocity", "sample"):
+            raise ValueError(f"flow_output: expected velocity|sample, got {self.flow_output!r}")
         if self.text_vocab_limit <= 3:
             raise ValueError(
                 f"vocab_size: {self.vocab_size} leaves no room for text after {self.num_fast_tokens} "

@@ -4,6 +4,15 @@ Time convention (docs/pi05-conventions): t = 1 is pure noise, t = 0 is data.
 x_t = t·noise + (1−t)·actions, target velocity u = noise − actions; training t ~ Beta(1.5, 1)·0.999
 + 0.001; sampling integrates N Euler steps from t = 1 with dt = −1/N (x ← x + dt·v).
 
+Flow output (`config.flow_output`): with "velocity" (π0 / π0.5) the expert's head predicts v and
+the flow loss is |v − u|². With "sample" it predicts the clean chunk â and the loss is |â − actions|²;
+the flow step's velocity is (x_t − â)/t (`velocity_from_output`), the same straight path and the
+same sampler. The difference is off the path: with a predicted velocity, whatever part of x_t's
+noise the head fails to reproduce at gain 1/t stays in the chunk (at small t the gain is large, and
+a small expert learns it poorly: on the fit-first data 10 Euler steps gave 5× the error of one,
+docs/training.md); with a predicted sample the noise part (x_t/t) is exact by construction and the
+last step lands on â.
+
 Action prefix (real-time chunking, training-time variant, model/rtc.py): the first d actions of a
 chunk may be given as clean data. Those tokens carry their own flow time 0 (per-token adaRMS
 condition, `layers.TokenCond`), stay fixed through sampling and are left out of the flow loss.
@@ -194,8 +203,15 @@ class KIVLA(nn.Module):
             attention_mask(kinds, action_block=h if draws else 0),
             self.config.insulate,
         )
-        v = self.action_out_proj(h_a)
+        v = self.action_out_proj(h_a)  # the head's output: velocity or clean sample (`config.flow_output`)
         return h_b, (v.unflatten(1, (draws, h)) if draws else v)
+
+    def velocity_from_output(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The expert head's output [B, H, D] at x_t [B, H, D], t [B] -> the flow's velocity: the output
+        itself ("velocity"), or (x_t − â)/t for a predicted clean chunk â ("sample"; t ≥ 1e-3)."""
+        if self.config.flow_output == "velocity":
+            return out
+        return (x_t - out) / t.clamp(min=1e-3).to(x_t.dtype)[:, None, None]
 
     # ---- training -----------------------------------------------------------------------------
     def sample_time(self, b: int, device) -> torch.Tensor:
@@ -209,7 +225,8 @@ class KIVLA(nn.Module):
 
         * ``text_loss`` — mean cross-entropy over TEXT target tokens with loss_mask (0 if none);
         * ``fast_loss`` — mean cross-entropy over FAST target tokens with loss_mask (0 if none);
-        * ``flow_loss`` — flow-matching MSE of the velocity, per example averaged over H × the
+        * ``flow_loss`` — flow-matching MSE of the velocity (of the clean chunk with
+          `config.flow_output` "sample"), per example averaged over H × the
           real action dims (action_dim_mask), then over examples with action_mask (0 if none or
           if `config.use_flow` is off). With ``batch["prefix_len"]`` (model/rtc.py) the first
           prefix_len[b] actions of example b enter as clean data at flow time 0 and the average
@@ -237,7 +254,7 @@ class KIVLA(nn.Module):
                 raise ValueError(f"noise {tuple(noise.shape)} / time {tuple(t.shape)}: expected "
                                  f"{tuple(actions.shape)} / {tuple(actions.shape[:-2])} for flow_samples={k}")
             x_t = t[..., None, None] * noise + (1 - t[..., None, None]) * actions
-            u = noise - actions
+            u = noise - actions if c.flow_output == "velocity" else actions  # what the head predicts
             if batch.get("prefix_len") is not None:
                 clean = prefix_tokens(batch["prefix_len"], actions.shape[-2])  # [B, H]
                 clean_x = clean[:, None, :, None] if k > 1 else clean[..., None]
@@ -324,7 +341,7 @@ class KIVLA(nn.Module):
         cond = context.mods if context.mods is not None else self.action_condition(t, clean)
         x_a = self.action_in_proj(x_t.to(self.action_in_proj.weight.dtype))
         h_a = self.transformer.expert_over_cache(k, v, x_a, context.rope, cond, context.bias, self.config.insulate)
-        return self.action_out_proj(h_a).to(x_t.dtype)
+        return self.velocity_from_output(self.action_out_proj(h_a).to(x_t.dtype), x_t, t)
 
     @torch.no_grad()
     def sample_actions(self, images, image_mask, tokens, token_mask, state, noise, num_steps: int = 10,
@@ -374,14 +391,15 @@ class KIVLA(nn.Module):
         for i in range(num_steps):
             emb, kinds = self.embed_prefix(images, image_mask, tokens, kind, state)
             t = torch.full((noise.shape[0],), 1.0 - i / num_steps, device=noise.device)
-            x = x + dt * self._joint(emb, kinds, x, t, clean)[1]
+            x = x + dt * self.velocity_from_output(self._joint(emb, kinds, x, t, clean)[1], x, t)
             if clean is not None:
                 x = torch.where(clean[..., None], action_prefix, x)
         return x
 
     @torch.no_grad()
     def outputs(self, images, image_mask, tokens, token_kind, state, actions_t=None, t=None):
-        """Backbone logits for every text token [B, L, vocab] (and velocity if actions_t given)."""
+        """Backbone logits for every text token [B, L, vocab] (and the expert head's output — velocity
+        or clean sample, `config.flow_output` — if actions_t given)."""
         emb, kinds = self.embed_prefix(images, image_mask, tokens, token_kind, state)
         h_b, v = self._joint(emb, kinds, actions_t, t)
         return self.lm_head(h_b[:, -tokens.shape[1] :]), v
