@@ -1,6 +1,10 @@
 """Simulator timing on this machine; prints JSON.
 
 ``MUJOCO_GL=egl python benchmarks/sim_render.py [--image-size 224] [--quality fast|full]``
+
+``cpu_ms_per_image`` is the process's CPU time (all threads) per image: with Mesa's llvmpipe the
+rasteriser threads (``LP_NUM_THREADS``; the sim sets 0 unless given) count there, not in the
+wall time. Compare ``LP_NUM_THREADS=2 python benchmarks/sim_render.py --image-size 112``.
 """
 
 import argparse
@@ -26,11 +30,12 @@ def main() -> None:
     q = sim.joint_positions()
     for c in sim.cameras:  # warm-up (context creation)
         sim.render(c)
-    t = time.perf_counter()
+    t, c0 = time.perf_counter(), time.process_time()
     for _ in range(a.steps):
         for c in sim.cameras:
             sim.render(c)
     ms_image = (time.perf_counter() - t) * 1e3 / (a.steps * len(sim.cameras))
+    cpu_ms_image = (time.process_time() - c0) * 1e3 / (a.steps * len(sim.cameras))
     t = time.perf_counter()
     n = a.steps * 20
     for _ in range(n):
@@ -48,7 +53,9 @@ def main() -> None:
     print(json.dumps({
         "image_size": a.image_size, "render_quality": a.quality, "cameras": list(sim.cameras),
         "physics_substeps_per_control_step": sim.n_substeps,
-        "ms_per_image": round(ms_image, 2), "ms_per_physics_step": round(ms_physics, 4),
+        "lp_num_threads": os.environ.get("LP_NUM_THREADS"),
+        "ms_per_image": round(ms_image, 2), "cpu_ms_per_image": round(cpu_ms_image, 2),
+        "ms_per_physics_step": round(ms_physics, 4),
         "ms_per_control_step_no_render": round(ms_ctrl_no_render, 3),
         "ms_per_control_step_3_cameras": round(ms_ctrl, 2),
         "realtime_factor_3_cameras": round(20.0 / ms_ctrl, 2),

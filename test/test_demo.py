@@ -124,6 +124,11 @@ def test_demo_runs_an_episode_and_saves_video_and_plot(tiny_model, ros_env, tmp_
     assert report["sim_time_s"] == pytest.approx(1.5, abs=0.03)
     assert report["chunks"] >= 1 and report["trajectories_executed"] >= 2, report
     assert report["max_joint_motion"] > 0.01, report  # the trajectories moved the joints
+    # the recorder drains its queues in batches: nothing lost — a command (with its joint states) per
+    # 50 Hz sim step and a frame per camera period (default every 2nd step) of the 1.5 s episode (the
+    # recording runs on until the episode's end is reported: a few steps more)
+    assert 74 <= report["recorded"]["commands"] <= 100, report["recorded"]
+    assert 37 <= report["recorded"]["frames"] <= 50, report["recorded"]
     assert report["inference_ms_p50"] is not None
     assert report["exit_codes"] == {"policy_node": 0, "sim_node": 0}, report
     assert report["backend"] == "onnxruntime"

@@ -1,5 +1,6 @@
 """The policy node's sensor intake (ki_vla_ros/ros/intake.py): messages wait in DDS queues on a
-node nobody spins and are taken on demand, newest only, with their reception age."""
+node nobody spins and are taken on demand: the newest with its reception age (the policy node),
+or all of them in order (the demo's recorder)."""
 
 import time
 
@@ -37,6 +38,34 @@ def test_take_returns_the_newest_message_with_its_age(ros_env):
         assert list(deserialize_message(taken["js"].raw, JointState).position) == [7.0]
         assert 0.25 <= taken["js"].age_s < 5.0  # received about 0.3 s ago (wall clock)
         assert intake.take() == {}  # taken: nothing new since
+    finally:
+        intake.close()
+        pub_node.destroy_node()
+        ctx.try_shutdown()
+
+
+def test_drain_returns_every_queued_message_oldest_first(ros_env):
+    """What the demo's recorder relies on: up to the QoS depth, nothing is lost between drains."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    pub_node = rclpy.create_node("intake_drain_publisher", context=ctx)
+    intake = SensorIntake(ctx, "_intake_drain_test")
+    try:
+        pub = pub_node.create_publisher(JointState, "/intake_test/drained", 50)
+        intake.add("js", JointState, "/intake_test/drained",
+                   QoSProfile(depth=40, reliability=ReliabilityPolicy.BEST_EFFORT))
+        deadline = time.monotonic() + 10.0
+        while pub.get_subscription_count() < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for i in range(30):
+            pub.publish(JointState(name=["a"], position=[float(i)]))
+            time.sleep(0.002)
+        time.sleep(0.3)
+        got = intake.drain()["js"]
+        assert [deserialize_message(t.raw, JointState).position[0] for t in got] == [float(i) for i in range(30)]
+        assert intake.drain() == {"js": []}
     finally:
         intake.close()
         pub_node.destroy_node()

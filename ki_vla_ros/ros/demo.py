@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 SIM_NODE = "/sim_node"
+RECORD_DRAIN_S = 0.1  # the recorder drains its queues this often ...
+RECORD_QUEUE_DEPTH = 200  # ... each holds this many messages (4 s of the 50 Hz topics)
 POLICY_NODE = "/policy_node"
 DEFAULT_DURATION = {"pick": 8.0, "handover": 15.0}  # sim seconds; the expert needs 3.9 / 8.3 s
 
@@ -60,7 +62,8 @@ class EpisodeResult:
 
     def summary(self) -> dict:
         d = asdict(self)
-        d.pop("recording")
+        rec = d.pop("recording")
+        d["recorded"] = {"commands": len(rec.get("cmd", [])), "frames": len(rec.get("frames", []))}
         return d
 
 
@@ -164,11 +167,12 @@ class SimRig:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image, JointState
         from std_msgs.msg import Float64MultiArray, String
 
         from ki_vla_ros.embodiment import load_embodiment
+        from ki_vla_ros.ros.intake import SensorIntake
 
         self.emb = load_embodiment("aloha_bimanual")
         self._ctx = rclpy.Context()
@@ -183,12 +187,16 @@ class SimRig:
         n.create_subscription(String, f"{SIM_NODE}/episode_status", self._on_status, status_qos)
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         n.create_subscription(Float64MultiArray, f"{POLICY_NODE}/action_chunk", self._on_chunk, 10)
-        n.create_subscription(JointState, f"{SIM_NODE}/joint_commands", self._on_command, 50)
+        # the recording (commands, measured joints, the video's camera) is taken raw and in batches:
+        # no Python work per message while the episode runs (ros/intake.py); decoded after it
+        self._tap = SensorIntake(self._ctx, "_ki_vla_demo_recorder")
+        deep = QoSProfile(depth=RECORD_QUEUE_DEPTH, reliability=ReliabilityPolicy.BEST_EFFORT)
+        self._tap.add("cmd", JointState, f"{SIM_NODE}/joint_commands", deep)
         for src in self.emb.state:
-            n.create_subscription(JointState, src.topic, self._on_state(src.topic), qos_profile_sensor_data)
+            self._tap.add(f"state {src.topic}", JointState, src.topic, deep)
         if self.record_video:
-            cam = self.emb.cameras[0]
-            n.create_subscription(Image, cam.topic, self._on_image, qos_profile_sensor_data)
+            self._tap.add("frame", Image, self.emb.cameras[0].topic, deep)
+        n.create_timer(RECORD_DRAIN_S, self._drain_recording)
         self._executor = SingleThreadedExecutor(context=self._ctx)
         self._executor.add_node(n)
         self._spin = threading.Thread(target=self._spin_loop, daemon=True)
@@ -245,6 +253,7 @@ class SimRig:
             if self.node is not None:
                 self._executor.shutdown(timeout_sec=2.0)
                 self._spin.join(timeout=5.0)
+                self._tap.close()
                 self.node.destroy_node()
                 self._ctx.try_shutdown()
                 self.node = None
@@ -276,37 +285,45 @@ class SimRig:
             with self._lock:
                 self._rec["chunks"] += 1
 
-    def _on_command(self, msg) -> None:
-        if self._rec_on and all(s.topic in self._latest_state for s in self.emb.state):
-            t = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-            with self._lock:
-                self._rec["cmd_t"].append(t)
-                self._rec["cmd"].append(np.array(msg.position))
-                self._rec["meas"].append(np.concatenate([self._latest_state[s.topic] for s in self.emb.state]))
-
-    def _on_state(self, topic):
-        from ki_vla_ros.ros.conversions import joint_positions
-
-        joints = next(s.joints for s in self.emb.state if s.topic == topic)
-
-        def cb(msg):
-            self._latest_state[topic] = joint_positions(msg, joints)
-
-        return cb
-
-    def _on_image(self, msg) -> None:
+    def _drain_recording(self) -> None:
+        """Move what the recorder's subscriptions queued into the recording (raw), or drop it
+        between episodes. Runs on a timer, and once more when an episode ends."""
+        taken = self._tap.drain()
         if self._rec_on:
-            from ki_vla_ros.ros.conversions import image_to_rgb
-
-            t = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
             with self._lock:
-                self._rec["frames"].append((t, image_to_rgb(msg)))
+                for key, got in taken.items():
+                    self._rec["raw"].setdefault(key, []).extend(t.raw for t in got)
+
+    def _decode_recording(self, raw: dict[str, list[bytes]]) -> dict:
+        """Raw messages -> commands with the joint states of the same sim step (the sim stamps both
+        with its clock), and the video's frames (stamp, RGB)."""
+        from rclpy.serialization import deserialize_message
+        from sensor_msgs.msg import Image, JointState
+
+        from ki_vla_ros.ros.conversions import image_to_rgb, joint_positions
+
+        def stamp(msg) -> float:
+            return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+
+        states = []
+        for src in self.emb.state:
+            msgs = (deserialize_message(b, JointState) for b in raw.get(f"state {src.topic}", []))
+            states.append({stamp(m): joint_positions(m, src.joints) for m in msgs})
+        out = {"cmd_t": [], "cmd": [], "meas": []}
+        for b in raw.get("cmd", []):
+            m = deserialize_message(b, JointState)
+            t = stamp(m)
+            if all(t in st for st in states):
+                out["cmd_t"].append(t)
+                out["cmd"].append(np.array(m.position))
+                out["meas"].append(np.concatenate([st[t] for st in states]))
+        frames = (deserialize_message(b, Image) for b in raw.get("frame", []))
+        out["frames"] = [(stamp(m), image_to_rgb(m)) for m in frames]
+        return out
 
     def _reset_recording(self) -> None:
-        self._rec = {"chunks": 0, "cmd_t": [], "cmd": [], "meas": [], "frames": []}
+        self._rec = {"chunks": 0, "raw": {}}
         self._diag_lat = []
-        if not hasattr(self, "_latest_state"):
-            self._latest_state = {}
 
     # ----------------------------------------------------------------------------- services
     def _call(self, srv_type, name: str, request, timeout: float = 15.0):
@@ -375,6 +392,7 @@ class SimRig:
         self._wait(finished, wall_timeout, f"the episode to end ({duration:g} s sim time)")
         wall = time.monotonic() - wall0
         st = dict(self._status)  # the outcome when the episode ended
+        self._drain_recording()
         self._rec_on = False
         self._trigger(f"{POLICY_NODE}/stop")
         time.sleep(0.6)  # one more diagnostics message with this episode's statistics
@@ -390,8 +408,9 @@ class SimRig:
                 return None
 
         with self._lock:
-            rec = {k: (list(v) if isinstance(v, list) else v) for k, v in self._rec.items()}
+            raw, chunks = self._rec["raw"], self._rec["chunks"]
             lat = [v for v in self._diag_lat if np.isfinite(v)]
+        rec = {"chunks": chunks, **self._decode_recording(raw)}
         cmd, meas = np.array(rec["cmd"]), np.array(rec["meas"])
         motion = float(np.max(np.abs(meas - meas[0]))) if len(meas) else 0.0
         track = float(np.mean(np.abs(cmd - meas))) if len(meas) else None

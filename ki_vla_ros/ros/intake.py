@@ -1,4 +1,5 @@
-"""Sensor intake without per-message Python work: the newest message per topic, taken on demand.
+"""Sensor intake without per-message Python work: the newest message per topic, taken on demand
+(or every queued one, `drain`, for a recorder).
 
 A policy node needs only the newest image per camera and the newest joint state per topic, and
 only when it runs inference. Subscribing with callbacks makes the executor wake, build its wait
@@ -41,18 +42,21 @@ class SensorIntake:
     def take(self) -> dict[str, Taken]:
         """The newest message that arrived since the last call, per key (keys without one are
         absent). Older queued messages are dropped."""
-        out: dict[str, Taken] = {}
+        return {key: got[-1] for key, got in self.drain().items() if got}
+
+    def drain(self) -> dict[str, list[Taken]]:
+        """Every message queued since the last call, per key, oldest first (a subscription's queue
+        keeps its QoS depth: a recorder drains often enough that none is overwritten)."""
+        out: dict[str, list[Taken]] = {}
         with self._lock:
+            now = time.time_ns()
             for key, sub in self._subs.items():
-                newest = None
+                got = out[key] = []
                 with sub.handle:
-                    while (got := sub.handle.take_message(sub.msg_type, True)) is not None:
-                        newest = got
-                if newest is not None:
-                    raw, info = newest
-                    received = int(info.get("received_timestamp", 0) or 0)
-                    age = max(0.0, (time.time_ns() - received) * 1e-9) if received > 0 else 0.0
-                    out[key] = Taken(raw=raw, age_s=age)
+                    while (msg := sub.handle.take_message(sub.msg_type, True)) is not None:
+                        raw, info = msg
+                        received = int(info.get("received_timestamp", 0) or 0)
+                        got.append(Taken(raw=raw, age_s=max(0.0, (now - received) * 1e-9) if received > 0 else 0.0))
         return out
 
     def close(self) -> None:
