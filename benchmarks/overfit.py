@@ -89,7 +89,8 @@ def run_config(args, name: str) -> tuple[dict, str]:
     v = copy.deepcopy(VARIANTS[name])
     dataset = {"name": "sim", "type": "rosbag", "path": str(Path(args.data) / "bags"), "embodiment": "aloha_bimanual",
                "action_source": "commanded", "val_episodes": 0, **v.pop("dataset", {})}
-    cfg = {"run_dir": str(Path(args.out) / name), "datasets": [dataset], "model": {"preset": args.preset, **v.pop("model", {})},
+    cfg = {"run_dir": str(Path(args.out) / name), "datasets": [dataset],
+           "model": {"preset": args.preset, **v.pop("model", {})},
            "recipe": v.pop("recipe", args.recipe), "seed": 0, "steps": args.steps, "batch_size": args.batch_size,
            "optim": {"lr": 5e-4, "warmup_steps": 100, "min_lr_ratio": 0.1, **v.pop("optim", {})},
            "ema_decay": 0.999, "precision": args.precision, "threads": args.threads, "log_every": 10,
