@@ -68,7 +68,7 @@ def test_launch_file_starts_node_visible_from_another_process(
             "embodiment": embodiment,
             "backend": "torch",
             "instruction": "open the grippers",
-            "num_steps": 10,
+            "num_steps": 0,  # the model folder's num_flow_steps
             "use_sim_time": False,
             "max_instruction_chars": 500,
         }, params

@@ -230,3 +230,21 @@ def test_blank_images_control_policy_sees_black(tmp_path):
     black = dataclasses.replace(obs, images={k: np.zeros_like(v) for k, v in obs.images.items()})
     np.testing.assert_array_equal(blank, Policy.load(folder).infer(black, seed=2).actions)
     assert np.abs(blank - Policy.load(folder).infer(obs, seed=2).actions).max() > 1e-4  # the images mattered
+
+
+def test_load_policy_uses_the_model_folders_flow_steps_unless_given(tiny_dir, tmp_path):
+    """The node's, the demo's and eval-bag's default (num_steps 0) is what the model folder records."""
+    import shutil
+
+    import yaml
+
+    from ki_vla_ros.control.policy_loader import load_policy
+
+    folder = tmp_path / "three_steps"
+    shutil.copytree(tiny_dir, folder, ignore=shutil.ignore_patterns("onnx"))
+    doc = yaml.safe_load((folder / "model.yaml").read_text())
+    doc["num_flow_steps"] = 3
+    (folder / "model.yaml").write_text(yaml.safe_dump(doc))
+    assert load_policy(folder).num_steps == 3
+    assert load_policy(folder, num_steps=5).num_steps == 5
+    assert load_policy(tiny_dir).num_steps == 10

@@ -32,10 +32,11 @@ def import_class(spec: str) -> Any:
 
 
 def load_policy(
-    model_dir: str | Path, backend: str = "torch", num_steps: int = 10, policy_class: str = "",
+    model_dir: str | Path, backend: str = "torch", num_steps: int = 0, policy_class: str = "",
     threads: int = 0, precision: str = "auto",
 ) -> Any:
-    """``threads`` > 0: intra-op threads of torch (and of ONNX Runtime for the project's runtime);
+    """``num_steps`` 0: the model folder's num_flow_steps (passed on as None). ``threads`` > 0:
+    intra-op threads of torch (and of ONNX Runtime for the project's runtime);
     0 keeps the libraries' defaults (one per core). ``precision``: the project's runtime's
     (runtime/precision.py); a custom policy class gets it only when it is not "auto"."""
     if threads > 0:
@@ -60,7 +61,7 @@ def load_policy(
     kwargs = {"threads": threads} if not policy_class and threads > 0 else {}
     if not policy_class or precision != "auto":
         kwargs["precision"] = precision
-    return cls.load(str(model_dir), backend=backend, num_steps=num_steps, **kwargs)
+    return cls.load(str(model_dir), backend=backend, num_steps=num_steps or None, **kwargs)
 
 
 def policy_layout(policy: Any) -> tuple[list[str] | None, list[str] | None, list[str] | None]:

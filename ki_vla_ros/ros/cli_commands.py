@@ -263,7 +263,7 @@ def eval_bag_main(argv: list[str]) -> int:
     ap.add_argument("--embodiment", default="aloha_bimanual")
     ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
     ap.add_argument("--policy-class", default="", help="custom policy 'module:Class'")
-    ap.add_argument("--num-steps", type=int, default=10)
+    ap.add_argument("--num-steps", type=int, default=0, help="flow-matching steps [0: the model folder's]")
     ap.add_argument("--instruction", default=None,
                     help="the instruction to give the policy (default: the bag's first /instruction message)")
     ap.add_argument("--stride", type=float, default=None, help="seconds between evaluated observations")

@@ -126,7 +126,7 @@ class SimRig:
 
     def __init__(self, model_dir: Path, backend: str = "torch", log_dir: Path = Path("outputs/demo/logs"),
                  image_size: int = 0, camera_every: int = 1, render_quality: str = "fast",
-                 real_time_factor: float = 1.0, num_steps: int = 10, record_video: bool = False,
+                 real_time_factor: float = 1.0, num_steps: int = 0, record_video: bool = False,
                  policy_class: str = "", threads: int = 0, precision: str = "auto", sim_nice: int = 0):
         self.model_dir, self.backend, self.policy_class = Path(model_dir), backend, policy_class
         self.threads, self.precision = threads, precision
@@ -549,7 +549,8 @@ def _common_args(ap: argparse.ArgumentParser) -> None:
                          "(nice increment; 0 = equal) [5: on a real robot the cameras and controllers do not "
                          "run on the policy's cores]")
     ap.add_argument("--render-quality", default="fast", choices=["fast", "full"])
-    ap.add_argument("--num-steps", type=int, default=10, help="flow-matching steps of the policy [10]")
+    ap.add_argument("--num-steps", type=int, default=0,
+                    help="flow-matching steps of the policy [0: the model folder's num_flow_steps]")
     ap.add_argument("--policy-class", default="", metavar="MODULE:CLASS",
                     help="the policy node's policy_class (e.g. ki_vla_ros.runtime.fast_policy:FastTokenPolicy) "
                          "['': the flow policy]")

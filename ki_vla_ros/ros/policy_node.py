@@ -22,7 +22,8 @@ Parameters (the configuration ones, marked *, can be changed only while unconfig
                         fp32 only once the model folder records it as checked (docs/runtime.md,
                         "Precision") [auto: fp32 on torch / onnxruntime, bf16 or fp16 on tensorrt]
   policy_class* (str)   '' = ki_vla_ros.runtime.Policy; 'module:Class' = custom policy hook
-  num_steps* (int)      flow-matching integration steps [10]
+  num_steps* (int)      flow-matching integration steps, 0 = the model folder's num_flow_steps
+                        (model.yaml; what its training chose) [0]
   threads* (int)        intra-op threads for inference, 0 = the library's default (one per
                         core); on a machine shared with other processes (a simulator, drivers)
                         fewer threads keep inference latency steady [0]
@@ -136,7 +137,7 @@ class PolicyNode(LifecycleNode):
         self.declare_parameter("backend", "torch", conf("torch | onnxruntime | tensorrt"))
         self.declare_parameter("precision", "auto", conf("auto | fp32 | bf16 | fp16 | int8 (checked ones only)"))
         self.declare_parameter("policy_class", "", conf("'' = ki_vla_ros.runtime.Policy; 'module:Class' = custom"))
-        self.declare_parameter("num_steps", 10, conf("flow-matching integration steps"))
+        self.declare_parameter("num_steps", 0, conf("flow-matching integration steps (0: the model folder's)"))
         self.declare_parameter("threads", 0, conf("inference threads, 0 = one per core"))
         self.declare_parameter("max_instruction_chars", 500, conf("longest instruction accepted"))
         self.declare_parameter(

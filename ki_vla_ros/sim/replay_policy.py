@@ -64,7 +64,7 @@ class ExpertReplayPolicy:
         self._reload()
 
     @classmethod
-    def load(cls, model_dir, backend: str = "torch", num_steps: int = 10) -> ExpertReplayPolicy:
+    def load(cls, model_dir, backend: str = "torch", num_steps: int | None = None) -> ExpertReplayPolicy:
         return cls(Path(model_dir))
 
     def _reload(self) -> None:
