@@ -300,10 +300,10 @@ class SimRig:
         from rclpy.serialization import deserialize_message
         from sensor_msgs.msg import Image, JointState
 
-        from ki_vla_ros.ros.conversions import image_to_rgb, joint_positions
+        from ki_vla_ros.ros.conversions import duration_to_seconds, image_to_rgb, joint_positions
 
-        def stamp(msg) -> float:
-            return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        def stamp(msg) -> float:  # builtin_interfaces Time has Duration's sec / nanosec
+            return duration_to_seconds(msg.header.stamp)
 
         states = []
         for src in self.emb.state:
