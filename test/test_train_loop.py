@@ -166,3 +166,53 @@ def test_init_from_a_folder_of_other_sizes_is_one_line(tmp_path):
     text = str(info.value)
     assert "\n" not in text and text.startswith(f"model.init: {folder} has other sizes")
     assert "action_" in text and " vs " in text and "model.yaml" in text
+
+
+def test_fine_tune_keeps_the_init_folders_normalisation_and_action_tokenizer(run, data, tmp_path):
+    """norm_stats: init and tokenizers.action_tokenizer_path take the robot model's files as they are,
+    where fitting them on this data (another FAST scale; statistics edited in the folder) would differ."""
+    from ki_vla_ros.normalize import NormStats
+    from ki_vla_ros.train.to_model_dir import checkpoint_to_model_dir
+
+    run_dir, _, _, _ = run
+    folder = checkpoint_to_model_dir(run_dir, tmp_path / "model")
+    stats = NormStats.load(folder / "norm_stats.json")
+    stats.actions.q99 = stats.actions.q99 + 0.5  # not what the data would give
+    stats.save(folder / "norm_stats.json")
+    fields = tiny_train_config(data, tmp_path / "ft", steps=2, eval_every=2, checkpoint_every=2,
+                               model={"preset": "tiny", "overrides": {"max_target_tokens": 96}, "init": str(folder)},
+                               tokenizers={"fast_vocab_size": 150, "fast_scale": 5.0, "fit_chunks": 200,
+                                           "action_tokenizer_path": str(folder / "action_tokenizer.json")})
+    fields["datasets"][0]["norm_stats"] = "init"
+    summary = train(from_dict(TrainConfig, fields), log=lambda *a: None)
+    assert summary["steps"] == 2
+    assets = tmp_path / "ft" / "assets"
+    assert (assets / "action_tokenizer.json").read_bytes() == (folder / "action_tokenizer.json").read_bytes()
+    got = NormStats.load(assets / "norm_stats" / "sim.json")
+    np.testing.assert_array_equal(got.actions.q99, stats.actions.q99)
+    np.testing.assert_array_equal(got.state.q01, stats.state.q01)
+    # without the options the same run fits its own
+    fresh = tiny_train_config(data, tmp_path / "fresh", steps=1, eval_every=1, checkpoint_every=1,
+                              tokenizers={"fast_vocab_size": 150, "fast_scale": 5.0, "fit_chunks": 200})
+    train(from_dict(TrainConfig, fresh), log=lambda *a: None)
+    assert (tmp_path / "fresh" / "assets" / "action_tokenizer.json").read_bytes() != \
+        (folder / "action_tokenizer.json").read_bytes()
+    assert not np.array_equal(NormStats.load(tmp_path / "fresh" / "assets" / "norm_stats" / "sim.json").actions.q99,
+                              stats.actions.q99)
+
+
+def test_fine_tune_options_name_the_bad_key(data, tmp_path):
+    from ki_vla_ros.tokenize.naive import NaiveTokenizer
+
+    fields = tiny_train_config(data, tmp_path / "r")
+    fields["datasets"][0]["norm_stats"] = "init"
+    with pytest.raises((ValueError, ConfigError), match=r"datasets\[0\]\.norm_stats'?: 'init' reads model.init"):
+        from_dict(TrainConfig, fields)
+    naive = tmp_path / "naive.json"
+    NaiveTokenizer(bins=32).save(naive)
+    fields = tiny_train_config(data, tmp_path / "r2", tokenizers={"action_tokenizer_path": str(naive)})
+    with pytest.raises(ValueError, match=r"tokenizers.action_tokenizer_path: .* is a NaiveTokenizer; recipe 'ki'"):
+        train(from_dict(TrainConfig, fields), log=lambda *a: None)
+    fields = tiny_train_config(data, tmp_path / "r3", tokenizers={"action_tokenizer_path": str(tmp_path / "no.json")})
+    with pytest.raises((ValueError, ConfigError), match=r"tokenizers.action_tokenizer_path.: no such file"):
+        from_dict(TrainConfig, fields)

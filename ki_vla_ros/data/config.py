@@ -24,8 +24,10 @@ class DatasetConfig:
     state_key: str = "observation.state"
     action_key: str = "action"
     # normalisation statistics: "compute" (q01/q99 of the training episodes, min_quantile_range
-    # applied) or "dataset" (lerobot: the q01/q99 in the dataset's meta/stats.json, as they are)
-    norm_stats: Literal["compute", "dataset"] = "compute"
+    # applied), "dataset" (lerobot: the q01/q99 in the dataset's meta/stats.json, as they are) or
+    # "init" (the norm_stats.json of the model.init folder, as they are: fine-tuning a robot model
+    # on more data of its robot keeps the normalisation its weights were trained with)
+    norm_stats: Literal["compute", "dataset", "init"] = "compute"
     # all robot datasets
     on_error: Literal["raise", "skip"] = "raise"  # a broken episode (unreadable file, wrong length): stop, or
     # skip it and count it in assets/data_report.json
@@ -54,6 +56,8 @@ class DatasetConfig:
         if self.delta_actions and self.norm_stats == "dataset":
             raise ValueError("delta_actions: the dataset's meta/stats.json describes absolute actions; use "
                              "norm_stats: compute (statistics of the relative chunks)")
+        if self.norm_stats == "init" and self.type == "vlm":
+            raise ValueError("norm_stats: 'init' is for robot datasets; a vlm dataset has no actions")
         if self.delta_actions and self.type == "vlm":
             raise ValueError("delta_actions: only robot datasets have actions")
         if self.min_quantile_range < 0:

@@ -49,8 +49,13 @@ class TokenizerConfig:
     # a published text tokenizer (e.g. Gemma's for π0.5 fine-tuning) instead of training a BPE:
     # a tokenizers-library `tokenizer.json` or a SentencePiece `.model`
     text_tokenizer_path: str = ""
+    # a fitted action tokenizer used as it is instead of fitting one (e.g. the action_tokenizer.json
+    # of the robot model that model.init fine-tunes: its backbone learned those FAST token meanings)
+    action_tokenizer_path: str = ""
 
     def validate(self) -> None:
+        if self.action_tokenizer_path and not Path(self.action_tokenizer_path).is_file():
+            raise ValueError(f"action_tokenizer_path: no such file {self.action_tokenizer_path!r}")
         path = self.text_tokenizer_path
         if not path:
             return
@@ -113,5 +118,9 @@ class TrainConfig:
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
         self.tokenizers.validate()
+        for i, d in enumerate(self.datasets):
+            if d.norm_stats == "init" and not (self.model.init and (Path(self.model.init) / "norm_stats.json").is_file()):
+                raise ValueError(f"datasets[{i}].norm_stats: 'init' reads model.init's norm_stats.json; model.init "
+                                 f"({self.model.init!r}) is not a model folder with one")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay: expected 0 <= x < 1, got {self.ema_decay}")

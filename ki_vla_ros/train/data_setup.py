@@ -281,6 +281,14 @@ def _fit_assets(cfg, assets: Path, names, kinds, trains, export, reports, log) -
                                    f"statistics for {norm[n].state.dim} state / {norm[n].actions.dim} action dims, "
                                    f"the data has {s.shape[1]} / {a.shape[1]}")
             log(f"[data] {n}: normalisation statistics from {d.path}/meta/stats.json")
+        elif d.norm_stats == "init":
+            src = Path(cfg.model.init) / "norm_stats.json"
+            norm[n] = NormStats.load(src)
+            if (norm[n].state.dim, norm[n].actions.dim) != (s.shape[1], a.shape[1]):
+                raise DatasetError(src, f"datasets '{n}': norm_stats 'init' has statistics for {norm[n].state.dim} "
+                                        f"state / {norm[n].actions.dim} action dims, the data has {s.shape[1]} / "
+                                        f"{a.shape[1]}")
+            log(f"[data] {n}: normalisation statistics from {src}")
         else:
             norm[n] = NormStats(QuantileStats.compute(s, d.min_quantile_range),
                                 QuantileStats.compute(a, d.min_quantile_range))
@@ -339,7 +347,20 @@ def _train_text_tokenizer(cfg, assets: Path, kinds, trains, model_cfg) -> None:
 
 
 def _fit_action_tokenizer(cfg, assets: Path, names, kinds, trains, norm, model_cfg, recipe) -> None:
-    # action tokenizer: FAST fitted on normalised chunks of the training data (or naive bins)
+    # action tokenizer: FAST fitted on normalised chunks of the training data (or naive bins), or a
+    # fitted one used as it is
+    src = cfg.tokenizers.action_tokenizer_path
+    if src:
+        tok = load_action_tokenizer(src)
+        want = NaiveTokenizer if recipe.action_tokenizer == "naive" else FastTokenizer
+        if not isinstance(tok, want):
+            raise ValueError(f"tokenizers.action_tokenizer_path: {src!r} is a {type(tok).__name__}; recipe "
+                             f"{cfg.recipe!r} trains with a {want.__name__}")
+        if tok.vocab_size > model_cfg.num_fast_tokens:
+            raise ValueError(f"tokenizers.action_tokenizer_path: {src!r} has {tok.vocab_size} tokens, the model "
+                             f"{model_cfg.num_fast_tokens} action token ids (ModelConfig.num_fast_tokens)")
+        shutil.copyfile(src, assets / "action_tokenizer.json")
+        return
     if recipe.action_tokenizer == "naive":
         NaiveTokenizer(bins=cfg.tokenizers.naive_bins or min(256, model_cfg.num_fast_tokens)).save(
             assets / "action_tokenizer.json")
