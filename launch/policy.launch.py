@@ -45,6 +45,13 @@ def generate_launch_description():
             description="inference backend (onnxruntime and tensorrt need `ki-vla export` first)",
         ),
         DeclareLaunchArgument(
+            "precision",
+            default_value="auto",
+            choices=["auto", "fp32", "bf16", "fp16", "int8"],
+            description="what the backend computes in; other than fp32 only once `ki-vla export --precision` "
+            "has checked it on the model folder (auto: fp32 on torch / onnxruntime, bf16 or fp16 on tensorrt)",
+        ),
+        DeclareLaunchArgument(
             "policy_class",
             default_value="",
             description="your own policy as 'package.module:Class'; empty = ki_vla_ros.runtime.Policy",
@@ -82,6 +89,7 @@ def generate_launch_description():
         "embodiment": LaunchConfiguration("embodiment"),
         "model": ParameterValue(LaunchConfiguration("model"), value_type=str),
         "backend": LaunchConfiguration("backend"),
+        "precision": LaunchConfiguration("precision"),
         "policy_class": ParameterValue(LaunchConfiguration("policy_class"), value_type=str),
         "instruction": ParameterValue(LaunchConfiguration("instruction"), value_type=str),
         "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool),

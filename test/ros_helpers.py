@@ -43,7 +43,7 @@ class ScriptedPolicy:
         self.calls = 0
 
     @classmethod
-    def load(cls, model_dir, backend="torch", num_steps=10):
+    def load(cls, model_dir, backend="torch", num_steps=10, precision="auto"):
         return cls(str(model_dir))
 
     def infer(self, obs, seed=None):

@@ -52,7 +52,8 @@ def test_launch_file_starts_node_visible_from_another_process(
     env = installed_env(tmp_path, colcon_install)
     path = colcon_install / "share" / "ki_vla_ros" / "launch" / launch_file
     proc = Proc(launch_cmd(path, namespace="robot1", policy_class=f"ros_helpers:{policy}",
-                           instruction="open the grippers"), env, tmp_path / "launch.log", terminal=True)
+                           instruction="open the grippers", precision="fp32"), env, tmp_path / "launch.log",
+                terminal=True)
     obs = Observer()
     try:
 
@@ -62,11 +63,13 @@ def test_launch_file_starts_node_visible_from_another_process(
         assert wait_until(node_seen, 30.0), "node not discovered\n" + proc.tail()
         params = {
             name: obs.get_parameter("/robot1/policy_node", name)
-            for name in ("embodiment", "backend", "instruction", "num_steps", "use_sim_time", "max_instruction_chars")
+            for name in ("embodiment", "backend", "precision", "instruction", "num_steps", "use_sim_time",
+                         "max_instruction_chars")
         }
         assert params == {
             "embodiment": embodiment,
             "backend": "torch",
+            "precision": "fp32",
             "instruction": "open the grippers",
             "num_steps": 0,  # the model folder's num_flow_steps
             "use_sim_time": False,

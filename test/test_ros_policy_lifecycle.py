@@ -81,3 +81,17 @@ def test_ki_vla_run_without_a_model_exits_1_with_the_hint(ros_env):
     assert last.startswith("ki-vla run: cannot start: configure failed: model folder models/franka_ki not found"), last
     assert "`ki-vla init-model models/franka_ki --embodiment franka_single_arm`" in last
     assert "Traceback" not in proc.stderr
+
+
+def test_ki_vla_run_passes_precision_to_the_node(ros_env):
+    """--precision reaches the node: bf16 on a model folder that has not checked it is refused at
+    configure with the reason (exit 1), where the default runs."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "ki_vla_ros.cli", "run", "--model", "models/aloha_sim_ki",
+                           "--precision", "bf16"], env=ros_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ki-vla run: cannot start: configure failed:") and "bf16" in last, last
+    assert "Traceback" not in proc.stderr

@@ -248,3 +248,31 @@ def test_load_policy_uses_the_model_folders_flow_steps_unless_given(tiny_dir, tm
     assert load_policy(folder).num_steps == 3
     assert load_policy(folder, num_steps=5).num_steps == 5
     assert load_policy(tiny_dir).num_steps == 10
+
+
+class NoPrecisionPolicy:
+    """A custom policy whose load() predates the precision parameter."""
+
+    @classmethod
+    def load(cls, model_dir, backend="torch", num_steps=None):
+        return cls()
+
+
+class AnyKeywordPolicy:
+    @classmethod
+    def load(cls, model_dir, **kwargs):
+        obj = cls()
+        obj.kwargs = kwargs
+        return obj
+
+
+def test_a_precision_a_custom_policy_cannot_take_is_refused_by_name(tmp_path):
+    from ki_vla_ros.control.policy_loader import load_policy
+
+    spec = f"{__name__}:NoPrecisionPolicy"
+    assert isinstance(load_policy(tmp_path, policy_class=spec), NoPrecisionPolicy)  # auto: not passed
+    with pytest.raises(ValueError, match=rf"policy_class '{spec}': its load\(\) takes no precision argument, so "
+                                         r"precision 'fp32' cannot be honoured"):
+        load_policy(tmp_path, policy_class=spec, precision="fp32")
+    got = load_policy(tmp_path, policy_class=f"{__name__}:AnyKeywordPolicy", precision="int8")
+    assert got.kwargs == {"backend": "torch", "num_steps": None, "precision": "int8"}

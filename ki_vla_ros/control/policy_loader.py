@@ -11,6 +11,7 @@ the node map cameras, state and actions by name.
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,8 @@ def load_policy(
     """``num_steps`` 0: the model folder's num_flow_steps (passed on as None). ``threads`` > 0:
     intra-op threads of torch (and of ONNX Runtime for the project's runtime);
     0 keeps the libraries' defaults (one per core). ``precision``: the project's runtime's
-    (runtime/precision.py); a custom policy class gets it only when it is not "auto"."""
+    (runtime/precision.py); a custom policy class gets it only when it is not "auto" (an error
+    naming the class when its load() has no such argument)."""
     if threads > 0:
         try:
             import torch
@@ -60,8 +62,20 @@ def load_policy(
         raise ValueError(f"policy class {cls!r} has no load(model_dir, backend=..., num_steps=...) method")
     kwargs = {"threads": threads} if not policy_class and threads > 0 else {}
     if not policy_class or precision != "auto":
+        if policy_class and not _takes(cls.load, "precision"):
+            raise ValueError(f"policy_class '{policy_class}': its load() takes no precision argument, so "
+                             f"precision {precision!r} cannot be honoured; leave precision 'auto'")
         kwargs["precision"] = precision
     return cls.load(str(model_dir), backend=backend, num_steps=num_steps or None, **kwargs)
+
+
+def _takes(fn: Any, name: str) -> bool:
+    """Whether `fn` accepts the keyword argument `name` (named, or through **kwargs)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: let the call decide
+        return True
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def policy_layout(policy: Any) -> tuple[list[str] | None, list[str] | None, list[str] | None]:

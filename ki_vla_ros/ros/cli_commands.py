@@ -33,6 +33,9 @@ def run_main(argv: list[str]) -> int:
     )
     ap.add_argument("--model", default="", help="model folder (default: the embodiment's)")
     ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
+                    help="what the backend computes in; other than fp32 once `ki-vla export --precision` has "
+                         "checked it on the model folder [auto]")
     ap.add_argument(
         "--policy-class", default="", help="custom policy 'module:Class' (hook for your own policy)"
     )
@@ -67,7 +70,7 @@ def run_main(argv: list[str]) -> int:
         print(f"ki-vla run: params file not found: {params_file}", file=sys.stderr)
         return 2
     strings = {"embodiment": opts.embodiment, "model": opts.model, "backend": opts.backend,
-               "policy_class": opts.policy_class}
+               "precision": opts.precision, "policy_class": opts.policy_class}
     if opts.instruction:
         strings["instruction"] = opts.instruction
     for k, v in strings.items():  # JSON quoting keeps '' and 'true' strings (values are YAML)
