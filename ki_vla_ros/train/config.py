@@ -118,8 +118,9 @@ class TrainConfig:
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
         self.tokenizers.validate()
+        init_stats = bool(self.model.init) and (Path(self.model.init) / "norm_stats.json").is_file()
         for i, d in enumerate(self.datasets):
-            if d.norm_stats == "init" and not (self.model.init and (Path(self.model.init) / "norm_stats.json").is_file()):
+            if d.norm_stats == "init" and not init_stats:
                 raise ValueError(f"datasets[{i}].norm_stats: 'init' reads model.init's norm_stats.json; model.init "
                                  f"({self.model.init!r}) is not a model folder with one")
         if not 0 <= self.ema_decay < 1:
