@@ -191,6 +191,12 @@ def test_fine_tune_keeps_the_init_folders_normalisation_and_action_tokenizer(run
     got = NormStats.load(assets / "norm_stats" / "sim.json")
     np.testing.assert_array_equal(got.actions.q99, stats.actions.q99)
     np.testing.assert_array_equal(got.state.q01, stats.state.q01)
+    # statistics of absolute actions are not used for relative ones
+    fields = tiny_train_config(data, tmp_path / "ft_delta", model={"preset": "tiny", "init": str(folder)})
+    fields["datasets"][0].update(norm_stats="init", delta_actions=["left_waist"])
+    with pytest.raises(ValueError, match=r"datasets 'sim': norm_stats 'init' needs the delta_actions of .* \(none\), "
+                                         r"the dataset has \['left_waist'\]"):
+        train(from_dict(TrainConfig, fields), log=lambda *a: None)
     # without the options the same run fits its own
     fresh = tiny_train_config(data, tmp_path / "fresh", steps=1, eval_every=1, checkpoint_every=1,
                               tokenizers={"fast_vocab_size": 150, "fast_scale": 5.0, "fit_chunks": 200})

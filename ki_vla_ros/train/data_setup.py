@@ -288,6 +288,11 @@ def _fit_assets(cfg, assets: Path, names, kinds, trains, export, reports, log) -
                 raise DatasetError(src, f"datasets '{n}': norm_stats 'init' has statistics for {norm[n].state.dim} "
                                         f"state / {norm[n].actions.dim} action dims, the data has {s.shape[1]} / "
                                         f"{a.shape[1]}")
+            init_delta = list(load_manifest(cfg.model.init).layout.delta_actions)
+            if sorted(init_delta) != sorted(d.delta_actions):
+                raise ValueError(f"datasets '{n}': norm_stats 'init' needs the delta_actions of {cfg.model.init} "
+                                 f"({init_delta or 'none'}), the dataset has {list(d.delta_actions) or 'none'}: its "
+                                 f"statistics describe those relative (or absolute) actions")
             log(f"[data] {n}: normalisation statistics from {src}")
         else:
             norm[n] = NormStats(QuantileStats.compute(s, d.min_quantile_range),
