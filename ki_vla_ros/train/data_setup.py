@@ -274,25 +274,22 @@ def _fit_assets(cfg, assets: Path, names, kinds, trains, export, reports, log) -
             continue
         s, a = ds.state_action_rows()
         d = dcfg[n]
-        if d.norm_stats == "dataset":
-            norm[n] = dataset_norm_stats(d.path, d.state_key, d.action_key)
+        if d.norm_stats in ("dataset", "init"):  # given statistics, used as they are
+            if d.norm_stats == "dataset":
+                src = Path(d.path) / "meta" / "stats.json"
+                norm[n] = dataset_norm_stats(d.path, d.state_key, d.action_key)
+            else:
+                src = Path(cfg.model.init) / "norm_stats.json"
+                norm[n] = NormStats.load(src)
+                init_delta = list(load_manifest(cfg.model.init).layout.delta_actions)
+                if sorted(init_delta) != sorted(d.delta_actions):
+                    raise ValueError(f"datasets '{n}': norm_stats 'init' needs the delta_actions of "
+                                     f"{cfg.model.init} ({init_delta or 'none'}), the dataset has "
+                                     f"{list(d.delta_actions) or 'none'}: its statistics describe those relative "
+                                     f"(or absolute) actions")
             if (norm[n].state.dim, norm[n].actions.dim) != (s.shape[1], a.shape[1]):
-                raise DatasetError(Path(d.path) / "meta" / "stats.json",
-                                   f"statistics for {norm[n].state.dim} state / {norm[n].actions.dim} action dims, "
-                                   f"the data has {s.shape[1]} / {a.shape[1]}")
-            log(f"[data] {n}: normalisation statistics from {d.path}/meta/stats.json")
-        elif d.norm_stats == "init":
-            src = Path(cfg.model.init) / "norm_stats.json"
-            norm[n] = NormStats.load(src)
-            if (norm[n].state.dim, norm[n].actions.dim) != (s.shape[1], a.shape[1]):
-                raise DatasetError(src, f"datasets '{n}': norm_stats 'init' has statistics for {norm[n].state.dim} "
-                                        f"state / {norm[n].actions.dim} action dims, the data has {s.shape[1]} / "
-                                        f"{a.shape[1]}")
-            init_delta = list(load_manifest(cfg.model.init).layout.delta_actions)
-            if sorted(init_delta) != sorted(d.delta_actions):
-                raise ValueError(f"datasets '{n}': norm_stats 'init' needs the delta_actions of {cfg.model.init} "
-                                 f"({init_delta or 'none'}), the dataset has {list(d.delta_actions) or 'none'}: its "
-                                 f"statistics describe those relative (or absolute) actions")
+                raise DatasetError(src, f"statistics for {norm[n].state.dim} state / {norm[n].actions.dim} action "
+                                        f"dims, the data has {s.shape[1]} / {a.shape[1]}")
             log(f"[data] {n}: normalisation statistics from {src}")
         else:
             norm[n] = NormStats(QuantileStats.compute(s, d.min_quantile_range),
