@@ -9,6 +9,7 @@ never retrieved). Here the context stays valid until the node has stopped its th
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ from rclpy.signals import SignalHandlerOptions
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 POLL_S = 0.1  # how soon the spin loop notices a signal (Python runs handlers between callbacks)
 FINISH_GRACE_S = 0.5
+STUCK_DUMP_S = 4.0  # under the 5 s `ros2 launch` waits after SIGINT before it sends SIGTERM
 
 
 def spin_node(node: Node, num_threads: int = 4, stop: threading.Event | None = None) -> None:
@@ -63,10 +65,18 @@ def spin_node(node: Node, num_threads: int = 4, stop: threading.Event | None = N
 
 
 def _stop_on_signals(stop: threading.Event) -> dict:
-    """SIGINT / SIGTERM set `stop` (main thread only; elsewhere the caller's handlers stay)."""
+    """SIGINT / SIGTERM set `stop` (main thread only; elsewhere the caller's handlers stay). If the
+    process is still there STUCK_DUMP_S later, every thread's stack goes to stderr: a shutdown that
+    hangs says where."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in STOP_SIGNALS}
+
+    def on_signal(signum, frame):
+        if not stop.is_set():
+            faulthandler.dump_traceback_later(STUCK_DUMP_S, exit=False)
+        stop.set()
+
+    return {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
 
 
 def exit_process(code: int) -> NoReturn:
@@ -106,5 +116,6 @@ def run_node(make_node: Callable[[], Node], label: str, args: list[str] | None =
             node.shutdown()
             node.destroy_node()
         rclpy.try_shutdown()
+        faulthandler.cancel_dump_traceback_later()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
