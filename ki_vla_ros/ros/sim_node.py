@@ -34,7 +34,8 @@ Parameters:
 Interfaces: /clock (rosgraph_msgs/Clock); the embodiment's camera and JointState topics;
 ``~/joint_commands`` (sensor_msgs/JointState: the controllers' commanded positions, all joints);
 ``~/episode_status`` (std_msgs/String, JSON: episode, task, instruction, seed, episode_time,
-sim_time, waiting_for_command, success, instruction_followed, done, real_time_factor, step_ms, trajectories,
+sim_time, waiting_for_command, success, instruction_followed, reach_m, lift_m (graded progress,
+sim/tasks.py), done, real_time_factor, step_ms, trajectories,
 trajectory_errors, last_error; reliable + transient local); ``~/reset`` (std_srvs/Trigger:
 a new episode with the current task / seed parameters). Trajectories with unknown joints or bad
 sizes are refused with a warning (counted in the status), never a crash.
@@ -349,6 +350,7 @@ class SimNode(Node):
             "steps": self._steps,
             "success": self.sim.success(),
             "instruction_followed": self.sim.instruction_followed(),
+            **{k: round(v, 4) for k, v in self.sim.progress().items()},
             "done": self._done,
             "real_time_factor": round(rtf, 3),
             "step_ms": round(float(np.mean(self._step_ms)), 2) if self._step_ms else 0.0,

@@ -330,3 +330,7 @@ class AlohaSim:
     def instruction_followed(self) -> bool:
         """Whether the episode so far did what the instruction asked (right cube, right arm)."""
         return bool(self.monitor.instruction_followed()) if self.monitor is not None else False
+
+    def progress(self) -> dict[str, float]:
+        """The episode's graded progress so far (sim/tasks.py TaskMonitor.progress); {} without a task."""
+        return self.monitor.progress() if self.monitor is not None else {}

@@ -92,6 +92,7 @@ class Episode:
     images: dict[str, np.ndarray] = field(default_factory=dict)  # camera -> [T, S, S, 3] uint8
     success: bool = False
     instruction_followed: bool = False
+    progress: dict[str, float] = field(default_factory=dict)  # reach_m, lift_m (sim/tasks.py)
     joint_names: tuple[str, ...] = JOINT_NAMES
     control_hz: float = 1.0 / CONTROL_DT
     cube_positions: dict[str, list[float]] = field(default_factory=dict)  # initial, per colour
@@ -270,6 +271,7 @@ def rollout(task, seed: int, image_size: int = 224, cameras=DEFAULT_CAMERAS, exp
             images={c: np.stack(v) for c, v in imgs.items()},
             success=sim.success(),
             instruction_followed=sim.instruction_followed(),
+            progress=sim.progress(),
             cube_positions=cubes,
         )
     finally:

@@ -125,6 +125,14 @@ class TaskMonitor:
     def engaged(self, arm: str, cube: str) -> bool:
         return self.min_dist[arm, cube] < ENGAGE
 
+    def progress(self) -> dict[str, float]:
+        """Graded progress, for learning curves where success is still 0: ``reach_m``, the closest
+        the instructed arm's TCP came to the instructed cube's centre (a grasp needs about
+        ``ENGAGE``); ``lift_m``, the highest that cube rose above its start (success needs it above
+        ``LIFT_HEIGHT``)."""
+        t = self.task
+        return {"reach_m": self.min_dist[t.arm, t.cube], "lift_m": self.max_z[t.cube] - float(self.start[t.cube][2])}
+
     def instruction_followed(self) -> bool:
         t = self.task
         ok = self.engaged(t.arm, t.cube)
