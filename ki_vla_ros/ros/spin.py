@@ -13,6 +13,7 @@ import faulthandler
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -64,19 +65,50 @@ def spin_node(node: Node, num_threads: int = 4, stop: threading.Event | None = N
         executor.shutdown(timeout_sec=2.0)
 
 
-def _stop_on_signals(stop: threading.Event) -> dict:
-    """SIGINT / SIGTERM set `stop` (main thread only; elsewhere the caller's handlers stay). If the
-    process is still there STUCK_DUMP_S later, every thread's stack goes to stderr: a shutdown that
-    hangs says where."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
+class _StopOnSignals:
+    """SIGINT / SIGTERM set `stop`, and a shutdown that hangs says where: STUCK_DUMP_S after the
+    first of them, if the process is still there, every thread's stack goes to stderr
+    (faulthandler's own thread writes it, GIL or not; cancelled by `close`).
 
-    def on_signal(signum, frame):
-        if not stop.is_set():
-            faulthandler.dump_traceback_later(STUCK_DUMP_S, exit=False)
-        stop.set()
+    Python runs signal handlers in the main thread between bytecodes, so a main thread stuck in a C
+    call (a middleware teardown, say) would never see the signal. The interpreter's C-level handler
+    also writes the signal number to a wake-up socket; a watcher thread reads it, sets `stop` and
+    arms the dump. Main thread only; elsewhere the caller's handlers stay."""
 
-    return {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+    def __init__(self, stop: threading.Event):
+        self.active = threading.current_thread() is threading.main_thread()
+        if not self.active:
+            return
+        self._stop = stop
+        self._previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in STOP_SIGNALS}
+        self._rx, self._tx = socket.socketpair()
+        self._tx.setblocking(False)
+        self._previous_fd = signal.set_wakeup_fd(self._tx.fileno(), warn_on_full_buffer=False)
+        self._watcher = threading.Thread(target=self._watch, name="stop_signals", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        armed = False
+        while data := self._rx.recv(64):
+            if any(sig in data for sig in STOP_SIGNALS):
+                self._stop.set()
+                if not armed:
+                    faulthandler.dump_traceback_later(STUCK_DUMP_S, exit=False)
+                    armed = True
+            if 0 in data:  # close(): no signal has number 0
+                return
+
+    def close(self) -> None:
+        if not self.active:
+            return
+        self._tx.send(b"\0")  # the watcher ends first, so it cannot arm a dump after the cancel
+        self._watcher.join(timeout=1.0)
+        faulthandler.cancel_dump_traceback_later()
+        signal.set_wakeup_fd(self._previous_fd)
+        self._rx.close()
+        self._tx.close()
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def exit_process(code: int) -> NoReturn:
@@ -98,7 +130,7 @@ def run_node(make_node: Callable[[], Node], label: str, args: list[str] | None =
     valid. Exit code 1 if the node could not start (the error is printed after `label`) or reports
     `failed`, else 0."""
     stop = threading.Event()
-    previous = _stop_on_signals(stop)
+    signals = _StopOnSignals(stop)
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     try:
@@ -116,6 +148,4 @@ def run_node(make_node: Callable[[], Node], label: str, args: list[str] | None =
             node.shutdown()
             node.destroy_node()
         rclpy.try_shutdown()
-        faulthandler.cancel_dump_traceback_later()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signals.close()
