@@ -97,6 +97,7 @@ COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 # Every callback of this node is short (store bytes, publish, answer a service); inference runs in
 # a thread of its own. One executor thread does less Python work per message than several.
 EXECUTOR_THREADS = 1
+HOLD_ACK_S = 1.0  # at shutdown, for all controllers together: within ros/spin.py's shutdown deadline
 # what configure builds from: changeable only while the node is unconfigured
 CONFIG_PARAMS = ("embodiment", "model", "backend", "precision", "policy_class", "num_steps", "threads",
                  "max_instruction_chars", "control_rate_hz", "execute_steps")
@@ -212,8 +213,9 @@ class PolicyNode(LifecycleNode):
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self._running:
             self._set_running(False)
-            for pub in self._pubs.values():  # the hold reaches the controllers before we go
-                pub.wait_for_all_acked(Duration(seconds=1.0))
+            deadline = time.monotonic() + HOLD_ACK_S  # the hold reaches the controllers before we go
+            for pub in self._pubs.values():
+                pub.wait_for_all_acked(Duration(seconds=max(0.0, deadline - time.monotonic())))
         self._active = False
         self._release()
         self.finished = True

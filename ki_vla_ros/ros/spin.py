@@ -4,7 +4,9 @@ SIGINT / SIGTERM only ask the spin loop to end. rclpy's own handlers would shut 
 inside the signal handler, while the node's threads and timers still publish (errors such as
 "publisher's context is invalid", log messages lost on /rosout, exceptions of destroyed entities
 never retrieved). Here the context stays valid until the node has stopped its threads and timers
-(``node.shutdown()``) and has been destroyed; only then is rclpy shut down.
+(``node.shutdown()``) and has been destroyed; only then is rclpy shut down. All of that has
+SHUTDOWN_DEADLINE_S from the signal: a teardown that hangs (in the middleware, say) ends the
+process with every thread's stack on stderr and exit code 1, not a silent wait for SIGKILL.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from rclpy.signals import SignalHandlerOptions
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 POLL_S = 0.1  # how soon the spin loop notices a signal (Python runs handlers between callbacks)
 FINISH_GRACE_S = 0.5
-STUCK_DUMP_S = 4.0  # under the 5 s `ros2 launch` waits after SIGINT before it sends SIGTERM
+SHUTDOWN_DEADLINE_S = 4.0  # from the stop signal to the process's end; `ros2 launch` sends SIGTERM at 5 s
 
 
 def spin_node(node: Node, num_threads: int = 4, stop: threading.Event | None = None) -> None:
@@ -66,20 +68,24 @@ def spin_node(node: Node, num_threads: int = 4, stop: threading.Event | None = N
 
 
 class _StopOnSignals:
-    """SIGINT / SIGTERM set `stop`, and a shutdown that hangs says where: STUCK_DUMP_S after the
-    first of them, if the process is still there, every thread's stack goes to stderr
-    (faulthandler's own thread writes it, GIL or not; cancelled by `close`).
+    """SIGINT / SIGTERM set `stop`; the shutdown that follows has SHUTDOWN_DEADLINE_S.
 
     Python runs signal handlers in the main thread between bytecodes, so a main thread stuck in a C
-    call (a middleware teardown, say) would never see the signal. The interpreter's C-level handler
-    also writes the signal number to a wake-up socket; a watcher thread reads it, sets `stop` and
-    arms the dump. Main thread only; elsewhere the caller's handlers stay."""
+    call would never see the signal. The interpreter's C-level handler also writes the signal
+    number to a wake-up socket; a watcher thread reads it, sets `stop` and arms the deadline.
+    `arm` (also called by run_node before the node's teardown, from the main thread) starts
+    faulthandler's watchdog: a C thread that needs no GIL, so it fires even when a middleware call
+    hangs holding it. If the process is still there at the deadline, every thread's stack goes to
+    stderr ("Timeout (0:00:04)!" and one "most recent call first" block per thread) and the process
+    exits with code 1: before `ros2 launch` escalates to SIGTERM (5 s) and SIGKILL, and saying
+    where it hung. `close` cancels it. Main thread only; elsewhere the caller's handlers stay."""
 
     def __init__(self, stop: threading.Event):
         self.active = threading.current_thread() is threading.main_thread()
         if not self.active:
             return
         self._stop = stop
+        self._armed = threading.Lock()  # held from the first arm() on
         self._previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in STOP_SIGNALS}
         self._rx, self._tx = socket.socketpair()
         self._tx.setblocking(False)
@@ -87,21 +93,23 @@ class _StopOnSignals:
         self._watcher = threading.Thread(target=self._watch, name="stop_signals", daemon=True)
         self._watcher.start()
 
+    def arm(self) -> None:
+        """Start the shutdown deadline, once: a later call does not extend it."""
+        if self.active and self._armed.acquire(blocking=False):
+            faulthandler.dump_traceback_later(SHUTDOWN_DEADLINE_S, exit=True)
+
     def _watch(self) -> None:
-        armed = False
         while data := self._rx.recv(64):
             if any(sig in data for sig in STOP_SIGNALS):
                 self._stop.set()
-                if not armed:
-                    faulthandler.dump_traceback_later(STUCK_DUMP_S, exit=False)
-                    armed = True
+                self.arm()
             if 0 in data:  # close(): no signal has number 0
                 return
 
     def close(self) -> None:
         if not self.active:
             return
-        self._tx.send(b"\0")  # the watcher ends first, so it cannot arm a dump after the cancel
+        self._tx.send(b"\0")  # the watcher ends first, so it cannot arm the deadline after the cancel
         self._watcher.join(timeout=1.0)
         faulthandler.cancel_dump_traceback_later()
         signal.set_wakeup_fd(self._previous_fd)
@@ -127,8 +135,9 @@ def run_node(make_node: Callable[[], Node], label: str, args: list[str] | None =
              num_threads: int = 4, start: Callable[[Node], None] | None = None) -> int:
     """rclpy.init(args), node = make_node(), ``start(node)`` if given (e.g. lifecycle transitions),
     spin until SIGINT / SIGTERM, then ``node.shutdown()`` and destroy it while the context is still
-    valid. Exit code 1 if the node could not start (the error is printed after `label`) or reports
-    `failed`, else 0."""
+    valid, within SHUTDOWN_DEADLINE_S of the signal (else stacks on stderr and exit code 1, see
+    _StopOnSignals). Exit code 1 if the node could not start (the error is printed after `label`)
+    or reports `failed`, else 0."""
     stop = threading.Event()
     signals = _StopOnSignals(stop)
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
@@ -144,6 +153,7 @@ def run_node(make_node: Callable[[], Node], label: str, args: list[str] | None =
         spin_node(node, num_threads, stop)
         return 1 if getattr(node, "failed", None) is not None else 0
     finally:
+        signals.arm()
         if node is not None:
             node.shutdown()
             node.destroy_node()
