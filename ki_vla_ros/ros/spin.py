@@ -30,7 +30,9 @@ from rclpy.signals import SignalHandlerOptions
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 POLL_S = 0.1  # how soon the spin loop notices a signal (Python runs handlers between callbacks)
 FINISH_GRACE_S = 0.5
-SHUTDOWN_DEADLINE_S = 4.0  # from the stop signal to the process's end; `ros2 launch` sends SIGTERM at 5 s
+# from the stop signal to the process's end: past a slow teardown on a busy machine, before the
+# SIGKILL of `ros2 launch` (SIGTERM 5 s after SIGINT, SIGKILL 10 s later)
+SHUTDOWN_DEADLINE_S = 10.0
 
 
 def spin_node(node: Node, num_threads: int = 4, stop: threading.Event | None = None) -> None:
@@ -76,9 +78,9 @@ class _StopOnSignals:
     `arm` (also called by run_node before the node's teardown, from the main thread) starts
     faulthandler's watchdog: a C thread that needs no GIL, so it fires even when a middleware call
     hangs holding it. If the process is still there at the deadline, every thread's stack goes to
-    stderr ("Timeout (0:00:04)!" and one "most recent call first" block per thread) and the process
-    exits with code 1: before `ros2 launch` escalates to SIGTERM (5 s) and SIGKILL, and saying
-    where it hung. `close` cancels it. Main thread only; elsewhere the caller's handlers stay."""
+    stderr ("Timeout (0:00:10)!" and one "most recent call first" block per thread) and the process
+    exits with code 1: before `ros2 launch` sends SIGKILL, and saying where it hung. `close`
+    cancels it. Main thread only; elsewhere the caller's handlers stay."""
 
     def __init__(self, stop: threading.Event):
         self.active = threading.current_thread() is threading.main_thread()
