@@ -8,6 +8,7 @@ from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import numpy as np
 import pytest
 
 from ki_vla_ros.sim import tasks as T
@@ -89,3 +90,18 @@ def test_generated_bags_carry_the_seeded_phrasing(tmp_path):
         assert r["canonical_instruction"] == "pick up the red cube with the left arm"
         assert read_bag(tmp_path / r["bag"])["instruction"] == r["instruction"]
     assert rows[0]["instruction"] != rows[1]["instruction"]
+
+
+def test_generated_recovery_demonstrations_record_the_expert_not_the_executed_commands(tmp_path):
+    from ki_vla_ros.sim.expert import rollout
+    from ki_vla_ros.sim.generate import generate_dataset
+    from ki_vla_ros.sim.record import read_bag
+
+    summary = generate_dataset(tmp_path, episodes_per_task=1, seed=7, image_size=32, tasks=["pick_red_left"],
+                               vlm_scenes=0, action_noise=0.03, log=lambda *a: None)
+    row = json.loads((tmp_path / "episodes.jsonl").read_text().splitlines()[0])
+    assert summary["action_noise"] == row["action_noise"] == 0.03
+    bag = read_bag(tmp_path / row["bag"])
+    clean = rollout("pick_red_left", row["seed"], cameras=())
+    assert np.allclose(bag["actions"], clean.actions, atol=1e-9)
+    assert np.abs(bag["joint_positions"] - clean.joint_positions).max() > 0.02

@@ -112,6 +112,7 @@ LIFT_DZ = 0.16  # lift height (m)
 PITCH = np.deg2rad(60)  # grasp pitch below horizontal
 MEET = np.array([0.0, 0.5, 0.20])  # hand-over point (cube centre)
 MEET_BACKOFF = 0.10  # receiver approach / giver retreat distance along x (m)
+NOISE_TIME_CONSTANT_S = 0.3  # correlation time of the execution noise (rollout's action_noise)
 
 
 class ArmScript:
@@ -238,11 +239,35 @@ def expert_actions(sim: AlohaSim, task: Task):
         yield np.concatenate([left.target(t), right.target(t)])
 
 
-def rollout(task, seed: int, image_size: int = 224, cameras=DEFAULT_CAMERAS, expert_task=None) -> Episode:
+def execution_noise(steps: int, scale: float, seed: int, time_constant_s: float = NOISE_TIME_CONSTANT_S,
+                    dt: float = CONTROL_DT) -> np.ndarray:
+    """[steps, 14] perturbations for the arm joints' commands (grippers 0): per joint a stationary
+    first-order autoregressive process with standard deviation ``scale`` (rad) and correlation time
+    ``time_constant_s``: slow drifts the position controller follows, like a policy's errors, not
+    white noise it would filter out."""
+    rng = np.random.default_rng(seed)
+    a = float(np.exp(-dt / time_constant_s))
+    out = np.zeros((steps, len(JOINT_NAMES)))
+    arm = [i for i, name in enumerate(JOINT_NAMES) if not name.endswith("gripper")]
+    x = rng.normal(0.0, scale, len(arm))
+    for k in range(steps):
+        out[k, arm] = x
+        x = a * x + np.sqrt(1.0 - a * a) * rng.normal(0.0, scale, len(arm))
+    return out
+
+
+def rollout(task, seed: int, image_size: int = 224, cameras=DEFAULT_CAMERAS, expert_task=None,
+            action_noise: float = 0.0) -> Episode:
     """Run the scripted expert on ``task`` from ``seed``.
 
     ``expert_task`` (default: ``task``) lets the expert perform a *different* task than the one
     judged, e.g. the wrong arm, to check that the predicates tell them apart.
+
+    ``action_noise`` (rad, 0 = off): the arm commands that are *executed* carry
+    :func:`execution_noise` (seeded by the episode seed), the actions *recorded* are the expert's
+    own. The expert's targets are a function of time, not of the measured state, so from the
+    perturbed states the recorded action leads back to the demonstrated path: demonstrations of
+    recovery (DART, Laskey et al. 2017), which clean demonstrations never show a cloned policy.
     """
     task = get_task(task)
     doer = get_task(expert_task) if expert_task is not None else task
@@ -252,14 +277,16 @@ def rollout(task, seed: int, image_size: int = 224, cameras=DEFAULT_CAMERAS, exp
         cubes = {c: sim.cube_position(c).tolist() for c in ("red", "blue")}
         ts, qs, vs, acts = [], [], [], []
         imgs = {c: [] for c in cameras}
-        for act in expert_actions(sim, doer):
+        script = list(expert_actions(sim, doer))
+        noise = execution_noise(len(script), action_noise, seed) if action_noise > 0 else np.zeros((len(script), 14))
+        for act, perturb in zip(script, noise, strict=True):
             ts.append(obs["time"])
             qs.append(obs["qpos"])
             vs.append(obs["qvel"])
             acts.append(act)
             for c in cameras:
                 imgs[c].append(obs["images"][c])
-            obs = sim.step(act, render=bool(cameras))
+            obs = sim.step(act + perturb, render=bool(cameras))
         return Episode(
             task=task.name,
             instruction=task.instruction,

@@ -26,7 +26,7 @@ from ki_vla_ros.sim.vlm_data import generate_vlm_records
 def generate_dataset(out_dir, episodes_per_task: int = 10, seed: int = 0, image_size: int = 224,
                      tasks=TASK_NAMES, vlm_scenes: int | None = None, keep_failures: bool = False,
                      storage: str = "mcap", phrasings: str = "train", canonical_share: float = CANONICAL_SHARE,
-                     log=print) -> dict:
+                     action_noise: float = 0.0, log=print) -> dict:
     """Roll out the expert ``episodes_per_task`` times per task and record each episode as a bag.
 
     Episode seeds are ``seed + i`` (i = 0..episodes_per_task-1), identical across tasks, so the
@@ -36,20 +36,22 @@ def generate_dataset(out_dir, episodes_per_task: int = 10, seed: int = 0, image_
     VLM JSONL. ``phrasings``: ``"train"``: each episode's instruction (the one in its bag) is
     ``tasks.episode_instruction(task, seed, canonical_share)``, the canonical instruction or a
     training phrasing drawn from the episode seed (held-out phrasings never appear);
-    ``"canonical"``: always the canonical one. Returns a summary dict (also in ``summary.json``).
+    ``"canonical"``: always the canonical one. ``action_noise`` (rad): demonstrations of recovery,
+    the executed arm commands perturbed and the expert's own recorded (``expert.rollout``).
+    Returns a summary dict (also in ``summary.json``).
     """
     if phrasings not in ("train", "canonical"):
         raise ValueError(f"phrasings: expected 'train' or 'canonical', got {phrasings!r}")
     out = Path(out_dir)
     (out / "bags").mkdir(parents=True, exist_ok=True)
     summary = {"episodes": 0, "failures": 0, "per_task": {}, "image_size": image_size, "phrasings": phrasings,
-               "canonical_share": canonical_share if phrasings == "train" else 1.0}
+               "canonical_share": canonical_share if phrasings == "train" else 1.0, "action_noise": action_noise}
     t_start = time.time()
     with open(out / "episodes.jsonl", "w") as index:
         for name in tasks:
             done, s, fails = 0, seed, 0
             while done < episodes_per_task:
-                ep = rollout(name, s, image_size=image_size)
+                ep = rollout(name, s, image_size=image_size, action_noise=action_noise)
                 s += 1
                 if not ep.success and not keep_failures:
                     fails += 1
@@ -63,7 +65,7 @@ def generate_dataset(out_dir, episodes_per_task: int = 10, seed: int = 0, image_
                 index.write(json.dumps({
                     "bag": rel, "task": name, "instruction": ep.instruction,
                     "canonical_instruction": TASKS[name].instruction, "seed": ep.seed,
-                    "steps": len(ep), "success": ep.success,
+                    "steps": len(ep), "success": ep.success, "action_noise": action_noise,
                     "instruction_followed": ep.instruction_followed,
                     "cube_positions": ep.cube_positions}) + "\n")
                 done += 1
@@ -93,12 +95,16 @@ def main(argv=None) -> None:
                    help="episode instructions: training phrasings (seeded per episode) or the canonical ones")
     p.add_argument("--canonical-share", type=float, default=CANONICAL_SHARE,
                    help=f"--phrasings train: share of episodes with the canonical instruction [{CANONICAL_SHARE}]")
+    p.add_argument("--action-noise", type=float, default=0.0,
+                   help="rad: perturb the executed arm commands, record the expert's (recovery demonstrations) [0]")
     a = p.parse_args(argv)
+    if a.action_noise < 0:
+        p.error(f"--action-noise: expected >= 0, got {a.action_noise}")
     if not 0 <= a.canonical_share <= 1:
         p.error(f"--canonical-share: expected 0 <= x <= 1, got {a.canonical_share}")
     s = generate_dataset(a.out, a.episodes_per_task, a.seed, a.image_size, tasks=a.tasks,
                          vlm_scenes=a.vlm_scenes, storage=a.storage, phrasings=a.phrasings,
-                         canonical_share=a.canonical_share)
+                         canonical_share=a.canonical_share, action_noise=a.action_noise)
     print(json.dumps(s, indent=2))
 
 
