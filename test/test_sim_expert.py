@@ -72,3 +72,5 @@ def test_action_noise_perturbs_what_is_executed_and_records_the_experts_actions(
     assert noisy.success  # at this scale the grasp still holds
     again = rollout("pick_red_left", 1, cameras=(), action_noise=0.03)
     assert np.array_equal(again.joint_positions, noisy.joint_positions)  # seeded by the episode
+    with pytest.raises(ValueError, match="action_noise"):
+        rollout("pick_red_left", 1, cameras=(), action_noise=-0.01)

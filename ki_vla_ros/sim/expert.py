@@ -269,6 +269,8 @@ def rollout(task, seed: int, image_size: int = 224, cameras=DEFAULT_CAMERAS, exp
     perturbed states the recorded action leads back to the demonstrated path: demonstrations of
     recovery (DART, Laskey et al. 2017), which clean demonstrations never show a cloned policy.
     """
+    if not action_noise >= 0:
+        raise ValueError(f"action_noise: expected >= 0 rad, got {action_noise}")
     task = get_task(task)
     doer = get_task(expert_task) if expert_task is not None else task
     sim = AlohaSim(task, seed=seed, image_size=image_size, cameras=cameras)
@@ -278,7 +280,9 @@ def rollout(task, seed: int, image_size: int = 224, cameras=DEFAULT_CAMERAS, exp
         ts, qs, vs, acts = [], [], [], []
         imgs = {c: [] for c in cameras}
         script = list(expert_actions(sim, doer))
-        noise = execution_noise(len(script), action_noise, seed) if action_noise > 0 else np.zeros((len(script), 14))
+        noise = np.zeros((len(script), len(JOINT_NAMES)))
+        if action_noise > 0:
+            noise = execution_noise(len(script), action_noise, seed)
         for act, perturb in zip(script, noise, strict=True):
             ts.append(obs["time"])
             qs.append(obs["qpos"])
