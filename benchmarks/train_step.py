@@ -13,7 +13,9 @@ Batches (`model.synthetic`): `pi0` batches hold only prefix tokens (flow loss); 
 FAST targets (≈1/12 of H·D tokens, as measured for FAST on smooth chunks) and, for half the
 examples, a short text answer. `--precision bf16`: the forward under bf16 autocast, as the
 trainer's `precision: bf16` (train/precision.py); the optimiser is the trainer's (`make_optimizer`,
-fused AdamW in a single process). Figures depend on the machine and its load.
+fused AdamW in a single process). `--compile`: the loss under `torch.compile` (Inductor; on CPU it
+needs a C++ compiler), timed after a first step that compiles it (`compile_s`; the FLOPs are
+counted on the eager loss). Figures depend on the machine and its load.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ SETTINGS = {  # preset -> camera views, prefix text tokens, FAST tokens for ki (
 }
 
 
-def train_step(config, recipe: str, batch_size: int, precision: str, views: int, prefix_len: int, fast_len: int):
-    """(step function, its matrix-product FLOPs)."""
+def train_step(config, recipe: str, batch_size: int, precision: str, views: int, prefix_len: int, fast_len: int,
+               compile: bool = False):
+    """(step function, its matrix-product FLOPs, seconds spent compiling)."""
     torch.manual_seed(0)
     model = KIVLA(config)
     params = RECIPES[recipe].configure(model)
@@ -51,9 +54,11 @@ def train_step(config, recipe: str, batch_size: int, precision: str, views: int,
         batch["action_mask"][:] = True
     del batch["time"]  # sample flow time as in training
 
+    loss_fn = model.compute_loss
+
     def loss_backward():
         with autocast(precision, torch.device("cpu")):
-            out = model.compute_loss(batch)
+            out = loss_fn(batch)
         out["loss"].backward()
 
     def step():
@@ -63,7 +68,14 @@ def train_step(config, recipe: str, batch_size: int, precision: str, views: int,
 
     flops = count_flops(loss_backward)
     opt.zero_grad(set_to_none=True)
-    return step, flops
+    compile_s = 0.0
+    if compile:
+        loss_fn = torch.compile(model.compute_loss)
+        t0 = time.perf_counter()
+        loss_backward()
+        compile_s = time.perf_counter() - t0
+        opt.zero_grad(set_to_none=True)
+    return step, flops, compile_s
 
 
 def median_ms(fn, steps: int, warmup: int = 2) -> float:
@@ -88,6 +100,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps (median) [5]")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    ap.add_argument("--compile", action="store_true", help="time the loss under torch.compile (compile_s: first step)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     config = model_config(args)
@@ -100,13 +113,15 @@ def main() -> None:
     result = {"model": args.dims or args.preset, "params_m": round(sum(p.numel() for p in KIVLA(config).parameters())
                                                                    / 1e6, 2),
               "batch": args.batch_size, "cameras": s["num_views"], "prompt_tokens": s["prefix_len"],
-              "precision": args.precision, "threads": args.threads, "steps": args.steps,
+              "precision": args.precision, "compile": args.compile, "threads": args.threads, "steps": args.steps,
               "train_step_ms": {}, "gflop": {}, "gflops": {}}
     load_before = machine()["loadavg"]
     for recipe in args.recipes.split(","):
-        step, flops = train_step(config, recipe, args.batch_size, args.precision, s["num_views"], s["prefix_len"],
-                                 s["fast_len"])
+        step, flops, compile_s = train_step(config, recipe, args.batch_size, args.precision, s["num_views"],
+                                            s["prefix_len"], s["fast_len"], compile=args.compile)
         ms = median_ms(step, args.steps)
+        if args.compile:
+            result.setdefault("compile_s", {})[recipe] = round(compile_s, 1)
         result["train_step_ms"][recipe] = round(ms, 1)
         result["gflop"][recipe] = float(f"{flops / 1e9:.3g}")
         result["gflops"][recipe] = round(flops / ms / 1e6, 1)
