@@ -16,9 +16,9 @@ the training settings, and measure what a grasp needs, in robot units, through t
 Variants (`VARIANTS`; all start from `base`, the default model's training settings at this
 scale: lr 5e-4, warm-up 100, cosine to 0.1 x lr, EMA 0.999, Beta(1.5, 1) flow times, the dataset's
 default min_quantile_range). ``time_uniform`` / ``time_low`` replace `KIVLA.sample_time` in this
-process only (a diagnostic, not a training option). A finished variant (summary.json) is reused.
-A killed variant resumes from its last checkpoint (every 250 steps); a finished one is measured again, or
-trained on when `--steps` asks for more. Prints and writes OUT/overfit.json.
+process only (a diagnostic, not a training option). A killed variant resumes from its last checkpoint
+(every 250 steps); a finished one (summary.json) is measured again, or trained on when `--steps` asks
+for more. Prints and writes OUT/overfit.json.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def main() -> None:
         run_dir = Path(cfg.run_dir)
         summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
         trained = summary.get("steps", 0) < cfg.steps  # new, killed, or --steps above the finished run's
-        if trained:  # (more steps than a finished run: it resumes from its last checkpoint, the cosine restarts)
+        if trained:  # resumes from the last checkpoint; beyond a finished run the cosine restarts
             KIVLA.sample_time = (lambda self, b, device, f=TIME_SAMPLERS[time]: f(b, device)) if time else original
             try:
                 summary = train(cfg, resume=bool(list_checkpoints(run_dir)))

@@ -280,9 +280,7 @@ def rollout(task, seed: int, image_size: int = 224, cameras=DEFAULT_CAMERAS, exp
         ts, qs, vs, acts = [], [], [], []
         imgs = {c: [] for c in cameras}
         script = list(expert_actions(sim, doer))
-        noise = np.zeros((len(script), len(JOINT_NAMES)))
-        if action_noise > 0:
-            noise = execution_noise(len(script), action_noise, seed)
+        noise = execution_noise(len(script), action_noise, seed)  # exact zeros for action_noise 0
         for act, perturb in zip(script, noise, strict=True):
             ts.append(obs["time"])
             qs.append(obs["qpos"])
