@@ -72,6 +72,10 @@ VARIANTS: dict[str, dict] = {
     # the `ki` recipe: the backbone also learns FAST tokens (cross-entropy), the expert reads it through
     # the stop-gradient; both heads are measured (the expert, and FAST decoding as a policy)
     "ki_delta_k4": {"recipe": "ki", "dataset": {"delta_actions": ALOHA_ARM_JOINTS}, "flow_samples": 4},
+    # delta_k4 with openpi's geometric image augmentation on the scene camera (data/augment.py; the sim's
+    # lighting never changes, so no colour jitter): random 95 % crops and ±5° rotations of cam_high
+    "delta_k4_aug": {"dataset": {"delta_actions": ALOHA_ARM_JOINTS}, "flow_samples": 4,
+                     "augment": {"crop_scale": 0.95, "rotate_deg": 5.0}},
     # delta_k4 with the expert's head predicting the clean chunk instead of the velocity (ModelConfig.flow_output)
     "delta_k4_sample": {"dataset": {"delta_actions": ALOHA_ARM_JOINTS}, "flow_samples": 4,
                         "model": {"overrides": {"flow_output": "sample"}}},
@@ -144,6 +148,8 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--stride", type=float, default=0.2, help="seconds between compared chunks [0.2]")
+    ap.add_argument("--measure-episodes", type=int, default=0,
+                    help="measure on the first N training episodes only (0: all the run trained on)")
     ap.add_argument("--init", default="", help="start every variant from this model folder (model.init)")
     ap.add_argument("--flow-steps", type=int, nargs="*", default=[],
                     help="also measure the flow policy with these numbers of Euler steps (by_flow_steps)")
@@ -168,17 +174,18 @@ def main() -> None:
         if trained or not (model_dir / "model.yaml").is_file():
             checkpoint_to_model_dir(run_dir, model_dir)
         log = read_csv(run_dir / "train_log.csv")
+        n_measured = args.measure_episodes or cfg.datasets[0].max_episodes
         results[name] = {"steps": summary["steps"], "seconds": summary["seconds"],
                          "flow_loss_last50_steps": round(float(np.mean(log["flow_loss"][-5:])), 4),
-                         **measure(model_dir, Path(args.data), args.stride, cfg.datasets[0].max_episodes)}
+                         **measure(model_dir, Path(args.data), args.stride, n_measured)}
         if args.flow_steps:  # the sampler's share of the error: the same weights, other step counts
             results[name]["by_flow_steps"] = {
-                str(n): measure(model_dir, Path(args.data), args.stride, cfg.datasets[0].max_episodes, num_steps=n)
+                str(n): measure(model_dir, Path(args.data), args.stride, n_measured, num_steps=n)
                 for n in args.flow_steps}
         if RECIPES[cfg.recipe].use_fast:  # the backbone's own head: FAST tokens decoded greedily
             try:
                 results[name]["fast_decoding"] = measure(model_dir, Path(args.data), args.stride,
-                                                         cfg.datasets[0].max_episodes, FastTokenPolicy)
+                                                         n_measured, FastTokenPolicy)
             except FastDecodeError as exc:  # an undertrained backbone may emit tokens that are no chunk
                 results[name]["fast_decoding"] = {"error": str(exc)}
         print(name, json.dumps(results[name]), flush=True)

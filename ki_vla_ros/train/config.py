@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ki_vla_ros.data.augment import AugmentConfig
 from ki_vla_ros.data.config import DatasetConfig
 from ki_vla_ros.model.config import PRESETS
 from ki_vla_ros.model.recipes import RECIPES
@@ -95,6 +96,8 @@ class TrainConfig:
     tokenizers: TokenizerConfig = field(default_factory=TokenizerConfig)
     # real-time chunking, training-time variant (model/rtc.py): {max_delay_steps, probability}; off
     rtc: RtcConfig = field(default_factory=RtcConfig)
+    # image augmentation of robot examples (data/augment.py: random crop, rotation, colour); off
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     # (noise, flow time) draws per robot example and step, sharing one backbone pass
     # (KIVLA.compute_loss): more expert signal per step for ≈9 % more step time per extra draw (`small`, batch 8)
     flow_samples: int = 1

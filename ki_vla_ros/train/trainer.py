@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ki_vla_ros.configio import dump_config, to_dict
+from ki_vla_ros.data.augment import augment_images
 from ki_vla_ros.model import KIVLA
 from ki_vla_ros.model.recipes import get_recipe
 from ki_vla_ros.model.rtc import sample_prefix_len
@@ -230,12 +231,17 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     eval_log = CsvLog(run_dir / "eval.csv", list(EVAL_KEYS), truncate_after=step) if is_main else None
     assets = run_dir / "assets"
 
+    geometric = cfg.augment.geometric_cameras(data.layout.camera_names)
+
     def next_batch():
         draws = data.sampler.draw(cfg.batch_size * world)
         mine = draws[rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
         batch = collate([data.example(d, i) for d, i in mine])
         if cfg.rtc.enabled:  # simulated inference delays: action prefixes (model/rtc.py)
             batch["prefix_len"] = sample_prefix_len(cfg.rtc, len(mine))
+        if cfg.augment.enabled:  # robot examples only (data/augment.py)
+            batch["images"] = augment_images(batch["images"], batch["image_mask"], batch["action_mask"], geometric,
+                                             cfg.augment)
         return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
     def save(step_now: int) -> None:
