@@ -93,6 +93,6 @@ def augment_images(images: torch.Tensor, image_mask: torch.Tensor, apply: torch.
         y = grey_mean + (y - grey_mean) * (1.0 + _uniform(n, cfg.contrast)).reshape(n, 1, 1, 1)
         grey = (y * luma).sum(1, keepdim=True)
         y = grey + (y - grey) * (1.0 + _uniform(n, cfg.saturation)).reshape(n, 1, 1, 1)
-        coloured = (y.clamp(0.0, 1.0) * 2.0 - 1.0)
+        coloured = y.clamp(0.0, 1.0) * 2.0 - 1.0
         out = torch.where(sel[:, None, None, None], coloured, out)
     return out.to(images.dtype).reshape(b, v, c, s, s)
