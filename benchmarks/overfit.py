@@ -12,6 +12,7 @@ the training settings, and measure what a grasp needs, in robot units, through t
     python benchmarks/overfit.py --data data/overfit --out outputs/overfit --steps 300 --variants base lr1e-3
     python benchmarks/overfit.py ... --variants delta_k4 delta_k4_sample --flow-steps 1 2 5 10
     python benchmarks/overfit.py --data data/overfit8 --init outputs/of3000_k4/delta_k4/model ...  # warm start
+    python benchmarks/overfit.py ... --init-vision models/vision_loc   # a pre-trained vision tower
 
 Variants (`VARIANTS`; all start from `base`, the default model's training settings at this
 scale: lr 5e-4, warm-up 100, cosine to 0.1 x lr, EMA 0.999, Beta(1.5, 1) flow times, the dataset's
@@ -96,7 +97,8 @@ def run_config(args, name: str) -> tuple[dict, str]:
     dataset = {"name": "sim", "type": "rosbag", "path": str(Path(args.data) / "bags"), "embodiment": "aloha_bimanual",
                "action_source": "commanded", "val_episodes": 0, **v.pop("dataset", {})}
     cfg = {"run_dir": str(Path(args.out) / name), "datasets": [dataset],
-           "model": {"preset": args.preset, **({"init": args.init} if args.init else {}), **v.pop("model", {})},
+           "model": {"preset": args.preset, **({"init": args.init} if args.init else {}),
+                     **({"init_vision": args.init_vision} if args.init_vision else {}), **v.pop("model", {})},
            "recipe": v.pop("recipe", args.recipe), "seed": 0, "steps": args.steps, "batch_size": args.batch_size,
            "optim": {"lr": 5e-4, "warmup_steps": 100, "min_lr_ratio": 0.1, **v.pop("optim", {})},
            "ema_decay": 0.999, "precision": args.precision, "threads": args.threads, "log_every": 10,
@@ -151,6 +153,8 @@ def main() -> None:
     ap.add_argument("--measure-episodes", type=int, default=0,
                     help="measure on the first N training episodes only (0: all the run trained on)")
     ap.add_argument("--init", default="", help="start every variant from this model folder (model.init)")
+    ap.add_argument("--init-vision", default="",
+                    help="then the vision tower from a vision pre-training run (model.init_vision)")
     ap.add_argument("--flow-steps", type=int, nargs="*", default=[],
                     help="also measure the flow policy with these numbers of Euler steps (by_flow_steps)")
     args = ap.parse_args()

@@ -9,6 +9,18 @@ from torch import nn
 from ki_vla_ros.model.config import ModelConfig
 
 
+def sincos_2d(grid: int, width: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position code [grid², width] (MAE, Simple ViT): a quarter of the channels
+    each for sin/cos of the column and of the row at geometric frequencies; row-major patch order."""
+    if width % 4:
+        raise ValueError(f"vision_width {width} must be a multiple of 4 for 2-D sine-cosine positions")
+    freq = 1.0 / 10000 ** (torch.arange(width // 4, dtype=torch.float64) / (width // 4))
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                                indexing="ij")
+    r, c = rows.reshape(-1, 1) * freq, cols.reshape(-1, 1) * freq  # [P, width/4]
+    return torch.cat([c.sin(), c.cos(), r.sin(), r.cos()], dim=1).float()
+
+
 class VisionBlock(nn.Module):
     def __init__(self, width: int, mlp_dim: int, heads: int):
         super().__init__()

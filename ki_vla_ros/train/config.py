@@ -23,6 +23,9 @@ class ModelSection:
     overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields (state_dim, ...)
     init: str = ""  # start from: a model folder, or a π0.5 checkpoint (openpi/LeRobot safetensors)
     init_format: Literal["auto", "model_dir", "pi05"] = "auto"
+    # then the vision tower from a vision pre-training run (train/vision_pretrain.py: a folder with
+    # vision.safetensors, or that file), over whatever `init` gave it
+    init_vision: str = ""
 
     def validate(self) -> None:
         if self.preset not in PRESETS:

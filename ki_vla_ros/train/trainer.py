@@ -102,6 +102,31 @@ def init_weights(model: KIVLA, init: str, fmt: str, log=print) -> None:
     log(f"[train] initialised from {path} ({fmt})")
 
 
+def init_vision(model: KIVLA, init: str, log=print) -> None:
+    """Overwrite the vision tower with a vision pre-training run's weights (`vision.*` names only)."""
+    if not init:
+        return
+    from safetensors.torch import load_file
+
+    from ki_vla_ros.train.vision_pretrain import VISION_FILE
+
+    path = Path(init)
+    path = path / VISION_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise ValueError(f"model.init_vision: {path} not found (make it with python -m "
+                         f"ki_vla_ros.train.vision_pretrain --out DIR)")
+    tensors = load_file(str(path))
+    own = model.vision.state_dict()
+    names = {f"vision.{k}" for k in own}
+    other = sorted(set(tensors) ^ names)
+    wrong = [k for k in names & set(tensors) if tensors[k].shape != own[k[len("vision."):]].shape]
+    if other or wrong:
+        raise ValueError(f"model.init_vision: {path} does not hold this model's vision tower "
+                         f"(names not shared: {other[:3]}, other shapes: {wrong[:3]}); use the preset it was made with")
+    model.vision.load_state_dict({k[len("vision."):]: v for k, v in tensors.items()})
+    log(f"[train] vision tower from {path}")
+
+
 def make_optimizer(params: list[nn.Parameter], names: dict[int, str], o, fused: bool) -> torch.optim.AdamW:
     """AdamW over the trained parameters: weight decay on matrices except embeddings. fused: one
     kernel for all parameters per step (CPU and CUDA; single-process runs), else torch's foreach
@@ -166,6 +191,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     _seed_all(cfg.seed)  # identical initial weights on every rank
     model = KIVLA(data.config)
     init_weights(model, cfg.model.init, cfg.model.init_format, log=say)
+    init_vision(model, cfg.model.init_vision, log=say)
     params = recipe.configure(model)
     model.to(device).train()
     use_fsdp = distributed and cfg.parallel == "fsdp"
