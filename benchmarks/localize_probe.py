@@ -4,8 +4,8 @@ Runs the vision pre-training of `ki_vla_ros.train.vision_pretrain` (the `small` 
 scratch, regressing the red and blue cube's table (x, y) from one 112 px `cam_high` view through a
 position-blind attention-pooling head) once per initialisation of the tower's position embedding:
 
-* ``normal`` — N(0, 0.02²), learned (the tower's initialisation);
-* ``sincos`` — the fixed 2-D sine-cosine code (`vision.sincos_2d`), then learned.
+* ``normal`` — N(0, 0.02²), learned (the tower's start before this benchmark);
+* ``sincos`` — the 2-D sine-cosine code (`vision.sincos_2d`), then learned (the tower's start since).
 
     MUJOCO_GL=egl python benchmarks/localize_probe.py --out outputs/localize --train-scenes 3000 \\
         --heldout-scenes 300 --steps 1500 --variants normal sincos

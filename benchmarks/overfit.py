@@ -153,6 +153,8 @@ def main() -> None:
     ap.add_argument("--measure-episodes", type=int, default=0,
                     help="measure on the first N training episodes only (0: all the run trained on)")
     ap.add_argument("--init", default="", help="start every variant from this model folder (model.init)")
+    ap.add_argument("--heldout-data", default="",
+                    help="also measure on every episode of this sim dataset folder (scenes not trained on)")
     ap.add_argument("--init-vision", default="",
                     help="then the vision tower from a vision pre-training run (model.init_vision)")
     ap.add_argument("--flow-steps", type=int, nargs="*", default=[],
@@ -186,6 +188,9 @@ def main() -> None:
             results[name]["by_flow_steps"] = {
                 str(n): measure(model_dir, Path(args.data), args.stride, n_measured, num_steps=n)
                 for n in args.flow_steps}
+        if args.heldout_data:  # scenes never trained on: what transfers (first --flow-steps count, else the folder's)
+            results[name]["heldout"] = measure(model_dir, Path(args.heldout_data), args.stride, 0,
+                                               num_steps=args.flow_steps[0] if args.flow_steps else None)
         if RECIPES[cfg.recipe].use_fast:  # the backbone's own head: FAST tokens decoded greedily
             try:
                 results[name]["fast_decoding"] = measure(model_dir, Path(args.data), args.stride,

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ki_vla_ros.model.config import ModelConfig
-from ki_vla_ros.model.vision import VisionTower, sincos_2d
+from ki_vla_ros.model.vision import VisionTower
 
 CUBES = ("red cube", "blue cube")
 HELDOUT_SEED = 700_000  # disjoint from the VQA splits (0.., 500000..) and the robot episode seeds
@@ -81,13 +81,13 @@ def scenes(cache: Path, seeds: range, size: int, workers: int = 2, log=print) ->
 class LocaliseProbe(nn.Module):
     """Vision tower -> attention pooling (one learned query) -> (x, y) of each cube, normalised."""
 
-    def __init__(self, cfg: ModelConfig, pos_init: str = "normal"):
+    def __init__(self, cfg: ModelConfig, pos_init: str = "sincos"):
         super().__init__()
-        self.tower = VisionTower(cfg)
-        if pos_init == "sincos":
+        self.tower = VisionTower(cfg)  # its position embedding starts from the sine-cosine code
+        if pos_init == "normal":  # the tower's former start, for benchmarks/localize_probe.py
             with torch.no_grad():
-                self.tower.pos_embed.copy_(sincos_2d(cfg.image_size // cfg.patch_size, cfg.vision_width))
-        elif pos_init != "normal":
+                self.tower.pos_embed.copy_(torch.randn(cfg.num_patches, cfg.vision_width) * 0.02)
+        elif pos_init != "sincos":
             raise ValueError(f"pos_init: {pos_init!r}; expected 'normal' or 'sincos'")
         w = cfg.vision_width
         self.query = nn.Parameter(torch.randn(1, 1, w) * 0.02)
@@ -117,7 +117,7 @@ def heldout_error_cm(probe: LocaliseProbe, held: dict, centre: torch.Tensor, hal
 
 
 def pretrain(cfg: ModelConfig, train: dict, held: dict, steps: int, batch_size: int = 64, lr: float = 1e-3,
-             seed: int = 0, pos_init: str = "normal", eval_every: int = 250, log=print) -> tuple[LocaliseProbe, list]:
+             seed: int = 0, pos_init: str = "sincos", eval_every: int = 250, log=print) -> tuple[LocaliseProbe, list]:
     """Train the probe (tower + head) on ``train``; returns it and the curve of held-out errors."""
     torch.manual_seed(seed)
     probe = LocaliseProbe(cfg, pos_init)
@@ -174,7 +174,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pos-init", choices=["normal", "sincos"], default="normal")
+    p.add_argument("--pos-init", choices=["normal", "sincos"], default="sincos")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--workers", type=int, default=2, help="render processes")
     p.add_argument("--cache", type=Path, default=None, help="rendered scenes (default: OUT)")
