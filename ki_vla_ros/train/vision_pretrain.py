@@ -155,6 +155,7 @@ def save_tower(tower: VisionTower, path: Path) -> None:
 
     tmp = path.with_suffix(".tmp")
     save_file({f"vision.{k}": v.contiguous() for k, v in tower.state_dict().items()}, str(tmp))
+    tmp.chmod(0o644)  # safetensors writes 0600; a model folder is read by other users too
     tmp.replace(path)
 
 
