@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ki_vla_ros.model.config import ModelConfig
-from ki_vla_ros.train.vision_pretrain import HELDOUT_SEED, mean_position_baseline_cm, pretrain, scenes
+from ki_vla_ros.train.vision_pretrain import mean_position_baseline_cm, pretrain, splits
 
 
 def main(argv=None) -> None:
@@ -41,8 +41,7 @@ def main(argv=None) -> None:
     p.add_argument("--variants", nargs="+", choices=["normal", "sincos"], default=["normal", "sincos"])
     args = p.parse_args(argv)
     cfg = ModelConfig.preset("small")
-    train = scenes(args.out, range(args.seed, args.seed + args.train_scenes), cfg.image_size, args.workers)
-    held = scenes(args.out, range(HELDOUT_SEED, HELDOUT_SEED + args.heldout_scenes), cfg.image_size, args.workers)
+    train, held = splits(args.out, cfg.image_size, args.train_scenes, args.heldout_scenes, args.seed, args.workers)
     torch.set_num_threads(args.threads)
     results = {"args": {k: str(v) for k, v in vars(args).items()},
                "mean_position_baseline_cm": mean_position_baseline_cm(train, held), "variants": []}

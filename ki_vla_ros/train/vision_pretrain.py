@@ -77,6 +77,13 @@ def scenes(cache: Path, seeds: range, size: int, workers: int = 2, log=print) ->
     return {k: d[k] for k in d.files}
 
 
+def splits(cache: Path, size: int, train_scenes: int, heldout_scenes: int, seed: int = 0, workers: int = 2,
+           log=print) -> tuple[dict, dict]:
+    """The training scenes (seeds ``seed ..``) and the held-out ones (seeds from HELDOUT_SEED)."""
+    return (scenes(cache, range(seed, seed + train_scenes), size, workers, log),
+            scenes(cache, range(HELDOUT_SEED, HELDOUT_SEED + heldout_scenes), size, workers, log))
+
+
 # -------------------------------------------------------------------------------------------- model
 class LocaliseProbe(nn.Module):
     """Vision tower -> attention pooling (one learned query) -> (x, y) of each cube, normalised."""
@@ -185,8 +192,7 @@ def main(argv=None) -> None:
     cfg = ModelConfig.preset(args.preset)
     cache = args.cache or args.out
     log = lambda msg: print(msg, flush=True)  # noqa: E731
-    train = scenes(cache, range(args.seed, args.seed + args.train_scenes), cfg.image_size, args.workers, log)
-    held = scenes(cache, range(HELDOUT_SEED, HELDOUT_SEED + args.heldout_scenes), cfg.image_size, args.workers, log)
+    train, held = splits(cache, cfg.image_size, args.train_scenes, args.heldout_scenes, args.seed, args.workers, log)
     probe, curve = pretrain(cfg, train, held, args.steps, args.batch_size, args.lr, args.seed, args.pos_init, log=log)
     args.out.mkdir(parents=True, exist_ok=True)
     save_tower(probe.tower, args.out / VISION_FILE)
