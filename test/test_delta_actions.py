@@ -11,7 +11,7 @@ from ki_vla_ros.configio import ConfigError, from_dict, load_config
 from ki_vla_ros.data.synthetic import tiny_train_config, write_tiny_dataset
 from ki_vla_ros.delta_actions import DeltaActions
 from ki_vla_ros.embodiment import load_embodiment
-from ki_vla_ros.normalize import NormStats
+from ki_vla_ros.normalize import NormStats, QuantileStats
 from ki_vla_ros.runtime import Policy
 from ki_vla_ros.runtime.init_model import init_model_dir
 from ki_vla_ros.runtime.model_dir import Layout
@@ -121,3 +121,25 @@ def test_policy_adds_the_observed_state_back(tmp_path):
     rel[:, joint] -= state[joint]
     np.testing.assert_allclose(norm[0, :5, :14], p.bundle.norm_stats.actions.normalize(rel), atol=1e-5)
     np.testing.assert_allclose(p.actions_to_robot(norm[0, :5], state), prefix, atol=1e-5)
+
+
+def test_datasets_of_one_robot_share_normalisation(data, tmp_path):
+    """Two computed datasets of the same robot layout get the statistics of their union (the exported
+    model keeps one dataset's), a third with other relative joints keeps its own."""
+    cfg = tiny_train_config(data, tmp_path / "run")
+    sim = dict(cfg["datasets"][0], val_episodes=0)
+    cfg["datasets"] = [dict(sim, name="a", path=str(data["bags"] / "ep00")),
+                       dict(sim, name="b", path=str(data["bags"] / "ep01")),
+                       dict(sim, name="c", path=str(data["bags"] / "ep02"), delta_actions=JOINTS),
+                       cfg["datasets"][1]]
+    td = prepare_data(from_dict(TrainConfig, cfg), log=lambda *a: None)
+    stats = {n: NormStats.load(tmp_path / f"run/assets/norm_stats/{n}.json") for n in "abc"}
+    for part in ("state", "actions"):
+        a, b = (getattr(stats[n], part) for n in "ab")
+        np.testing.assert_array_equal(a.q01, b.q01)
+        np.testing.assert_array_equal(a.q99, b.q99)
+    rows_a, rows_b, rows_c = (ds.state_action_rows() for ds in td.train[:3])
+    pooled = QuantileStats.compute(np.concatenate([rows_a[1], rows_b[1]]), 0.02)
+    np.testing.assert_allclose(stats["a"].actions.q99, pooled.q99)
+    assert not np.allclose(stats["a"].actions.q99, QuantileStats.compute(rows_a[1], 0.02).q99)
+    np.testing.assert_allclose(stats["c"].actions.q99, QuantileStats.compute(rows_c[1], 0.02).q99)

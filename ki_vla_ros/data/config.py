@@ -23,8 +23,9 @@ class DatasetConfig:
     cameras: dict[str, str] = field(default_factory=dict)  # feature key -> camera name
     state_key: str = "observation.state"
     action_key: str = "action"
-    # normalisation statistics: "compute" (q01/q99 of the training episodes, min_quantile_range
-    # applied), "dataset" (lerobot: the q01/q99 in the dataset's meta/stats.json, as they are) or
+    # normalisation statistics: "compute" (q01/q99 of the training episodes of every "compute" dataset
+    # with this one's state/action names and relative joints, min_quantile_range applied), "dataset"
+    # (lerobot: the q01/q99 in the dataset's meta/stats.json, as they are) or
     # "init" (the norm_stats.json of the model.init folder, as they are: fine-tuning a robot model
     # on more data of its robot keeps the normalisation its weights were trained with)
     norm_stats: Literal["compute", "dataset", "init"] = "compute"

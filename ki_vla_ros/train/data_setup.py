@@ -269,10 +269,12 @@ def _fit_assets(cfg, assets: Path, names, kinds, trains, export, reports, log) -
     (assets / "norm_stats").mkdir(parents=True, exist_ok=True)
     dcfg = {d.name: d for d in cfg.datasets}
     sdims, adims, norm = [], [], {}
-    for n, k, ds in zip(names, kinds, trains):
+    rows = {n: ds.state_action_rows() for n, k, ds in zip(names, kinds, trains) if k != "vlm"}
+    pooled = _pooled_rows(rows, names, trains, dcfg)
+    for n, k in zip(names, kinds):
         if k == "vlm":
             continue
-        s, a = ds.state_action_rows()
+        s, a = rows[n]
         d = dcfg[n]
         if d.norm_stats in ("dataset", "init"):  # given statistics, used as they are
             if d.norm_stats == "dataset":
@@ -291,9 +293,12 @@ def _fit_assets(cfg, assets: Path, names, kinds, trains, export, reports, log) -
                 raise DatasetError(src, f"statistics for {norm[n].state.dim} state / {norm[n].actions.dim} action "
                                         f"dims, the data has {s.shape[1]} / {a.shape[1]}")
             log(f"[data] {n}: normalisation statistics from {src}")
-        else:
-            norm[n] = NormStats(QuantileStats.compute(s, d.min_quantile_range),
-                                QuantileStats.compute(a, d.min_quantile_range))
+        else:  # computed over every dataset of the same robot layout (one normalisation per robot)
+            ps, pa, group = pooled[n]
+            norm[n] = NormStats(QuantileStats.compute(ps, d.min_quantile_range),
+                                QuantileStats.compute(pa, d.min_quantile_range))
+            if len(group) > 1:
+                log(f"[data] {n}: normalisation statistics computed over {'+'.join(group)} (same robot layout)")
         norm[n].save(assets / "norm_stats" / f"{n}.json")
         sdims.append(s.shape[1])
         adims.append(a.shape[1])
@@ -318,6 +323,25 @@ def _fit_assets(cfg, assets: Path, names, kinds, trains, export, reports, log) -
     _fit_action_tokenizer(cfg, assets, names, kinds, trains, norm, model_cfg, recipe)
     (assets / "data_report.json").write_text(json.dumps(reports, indent=1))
     log(f"[data] assets written to {assets}")
+
+
+def _pooled_rows(rows, names, trains, dcfg) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
+    """State/action `rows` of every `norm_stats: compute` robot dataset, pooled over the datasets that
+    share its layout (state and action names, relative joints). The exported model keeps one dataset's
+    statistics: datasets of one robot normalised apart would train the expert in another unit."""
+    groups: dict[tuple, list[str]] = {}
+    for n, ds in zip(names, trains):
+        if n not in rows or dcfg[n].norm_stats != "compute":
+            continue
+        ep = ds.episodes[0]
+        key = (tuple(ep.state_names), tuple(ep.action_names), tuple(sorted(dcfg[n].delta_actions)))
+        groups.setdefault(key, []).append(n)
+    out = {}
+    for group in groups.values():
+        s = np.concatenate([rows[n][0] for n in group])
+        a = np.concatenate([rows[n][1] for n in group])
+        out.update({n: (s, a, group) for n in group})
+    return out
 
 
 def prompt_layout_text(model_cfg: ModelConfig) -> str:
