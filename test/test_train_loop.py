@@ -129,11 +129,14 @@ def test_config_errors_name_file_and_key(tmp_path):
         load_config(TrainConfig, path)
 
 
-def test_shipped_config_loads():
+def test_shipped_configs_load():
     from pathlib import Path
 
-    cfg = load_config(TrainConfig, Path(__file__).resolve().parents[1] / "config/train/aloha_sim_ki.yaml")
+    root = Path(__file__).resolve().parents[1] / "config/train"
+    cfg = load_config(TrainConfig, root / "aloha_sim_ki.yaml")
     assert cfg.recipe == "ki" and cfg.model.preset == "small"
+    for path in sorted(root.glob("*.yaml")):  # every shipped config validates (keys, recipe, paths it reads)
+        load_config(TrainConfig, path)
 
 
 def test_ema_warm_up_forgets_the_initialisation():
