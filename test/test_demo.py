@@ -80,12 +80,13 @@ def test_backend_auto_is_onnxruntime_for_the_flow_policy_and_torch_for_a_policy_
 
 
 def test_summary_per_task_per_instruction_and_overall():
-    def ep(task, seed, ok, followed, said="x", reach=None, lift=None):
+    def ep(task, seed, ok, followed, said="x", reach=None, lift=None, other=None):
         return EpisodeResult(task, said, seed, ok, followed, 1.0, 1.0, 1, 2, None, None, None, None, 1.0, 0.1, 0.0, 0,
-                             reach_m=reach, lift_m=lift)
+                             reach_m=reach, lift_m=lift, reach_other_m=other)
 
-    s = summarize([ep("a", 0, True, True, "grab it", 0.01, 0.10), ep("a", 1, False, True, "lift it", 0.05, 0.0),
-                   ep("a", 2, True, False, "grab it", 0.02, 0.09), ep("b", 0, False, False)])
+    s = summarize([ep("a", 0, True, True, "grab it", 0.01, 0.10, 0.2),
+                   ep("a", 1, False, True, "lift it", 0.05, 0.0, 0.3),
+                   ep("a", 2, True, False, "grab it", 0.02, 0.09, 0.1), ep("b", 0, False, False)])
     assert s["overall"]["episodes"] == 4 and s["overall"]["success_rate"] == 0.5
     assert s["overall"]["instruction_following_rate"] == 0.5 and s["overall"]["seeds"] == [0, 1, 2]
     a = s["per_task"]["a"]
@@ -100,9 +101,11 @@ def test_summary_per_task_per_instruction_and_overall():
     assert grab["median_reach_m"] == pytest.approx(0.015) and s["overall"]["median_lift_m"] == pytest.approx(0.09)
     assert s["per_task"]["b"]["median_reach_m"] is None and s["per_task"]["b"]["median_lift_m"] is None
     lines = format_table(s).splitlines()
-    assert lines[1].split() == ["a", "3", "67%", "67%", "2.0cm", "9.0cm", "1.00"]
-    assert lines[2].split()[:6] == ["2", "100%", "50%", "1.5cm", "9.5cm", "1.00"] and lines[2].endswith("'grab it'")
-    assert lines[4].split()[4:6] == ["n/a", "n/a"]
+    assert a["median_reach_other_m"] == pytest.approx(0.2) and grab["median_reach_other_m"] == pytest.approx(0.15)
+    assert lines[1].split() == ["a", "3", "67%", "67%", "2.0cm", "9.0cm", "20.0cm", "1.00"]
+    assert lines[2].split()[:7] == ["2", "100%", "50%", "1.5cm", "9.5cm", "15.0cm", "1.00"]
+    assert lines[2].endswith("'grab it'")
+    assert lines[4].split()[4:7] == ["n/a", "n/a", "n/a"]
     assert lines[3].endswith("'lift it'") and lines[4].split()[0] == "b" and lines[5].split()[:3] == ["all", "4", "50%"]
     assert len(lines) == 6  # b has one instruction: no extra row
     assert summarize([]) == {"overall": {}, "per_task": {}, "per_instruction": {}}
@@ -166,7 +169,7 @@ def test_eval_two_tasks_table_json_csv(tiny_model, ros_env, tmp_path):
         assert e["sim_time_s"] == pytest.approx(0.5, abs=0.03)
         # graded progress came over DDS from the sim: a real distance (the arms start ~0.3 m from
         # the cubes) and no lift in half a second of an untrained policy
-        assert 0.05 < e["reach_m"] < 0.8 and abs(e["lift_m"]) < 0.01, e
+        assert 0.05 < e["reach_m"] < 0.8 and abs(e["lift_m"]) < 0.01 and 0.05 < e["reach_other_m"] < 0.8, e
     assert res["overall"]["median_reach_m"] == pytest.approx(float(np.median([e["reach_m"] for e in res["episodes"]])))
     assert len((out / "results.csv").read_text().strip().splitlines()) == 7
 

@@ -23,6 +23,7 @@ def test_expert_succeeds_and_follows_instruction(name):
         assert ep.instruction_followed, (name, seed)
         # graded progress agrees: the instructed arm reached the cube, which rose past the lift height
         assert ep.progress["reach_m"] < ENGAGE and ep.progress["lift_m"] > LIFT_HEIGHT - CUBE_HALF, (name, ep.progress)
+        assert ep.progress["reach_other_m"] > ENGAGE, (name, ep.progress)  # and kept away from the other cube
         assert ep.actions.shape == ep.joint_positions.shape == (len(ep), 14)
         assert np.allclose(np.diff(ep.timestamps), 0.02)
 

@@ -60,6 +60,7 @@ class EpisodeResult:
     policy_holds: int
     reach_m: float | None = None  # closest the instructed arm came to the instructed cube (sim/tasks.py)
     lift_m: float | None = None  # highest the instructed cube rose
+    reach_other_m: float | None = None  # closest the instructed arm came to the other cube
     recording: dict = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict:
@@ -430,6 +431,7 @@ class SimRig:
             max_joint_motion=motion, tracking_error_mean=track,
             policy_holds=int((num(diag, "holds") or 0) - (num(diag0, "holds") or 0)),
             reach_m=num(st, "reach_m"), lift_m=num(st, "lift_m"),
+            reach_other_m=num(st, "reach_other_m"),
             recording=rec,
         )
 
@@ -448,7 +450,7 @@ def format_report(r: EpisodeResult) -> str:
         f"success:               {yes[r.success]}",
         f"instruction followed:  {yes[r.instruction_followed]}",
         f"progress:              instructed arm came within {_cm(r.reach_m).strip()} of the instructed cube, lifted"
-        f" it {_cm(r.lift_m).strip()}",
+        f" it {_cm(r.lift_m).strip()}; came within {_cm(r.reach_other_m).strip()} of the other cube",
         f"sim time:              {r.sim_time_s:.2f} s  (wall {r.wall_time_s:.1f} s, sim speed "
         f"{r.real_time_factor:.2f}x real time)",
         f"control latency:       inference median {ms(r.inference_ms_p50)}, p95 {ms(r.inference_ms_p95)} (wall);"
@@ -684,6 +686,7 @@ def eval_main(argv: list[str] | None = None) -> int:
                 results.append(r)
                 print(f"  {task:<28} seed {r.seed:<5} success {int(r.success)}  followed "
                       f"{int(r.instruction_followed)}  reach {_cm(r.reach_m)}  lift {_cm(r.lift_m)}  "
+                      f"other cube {_cm(r.reach_other_m)}  "
                       f"sim {r.sim_time_s:5.2f} s  chunks {r.chunks}"
                       + (f"  {said!r}" if given else ""), flush=True)
     except (DemoError, KeyboardInterrupt) as exc:
@@ -723,6 +726,7 @@ def _rates(rs: list[EpisodeResult]) -> dict:
             "instruction_following_rate": sum(r.instruction_followed for r in rs) / len(rs),
             "median_reach_m": _median([r.reach_m for r in rs]),
             "median_lift_m": _median([r.lift_m for r in rs]),
+            "median_reach_other_m": _median([r.reach_other_m for r in rs]),
             "mean_sim_time_s": float(np.mean([r.sim_time_s for r in rs])),
             "seeds": sorted({r.seed for r in rs})}
 
@@ -730,7 +734,7 @@ def _rates(rs: list[EpisodeResult]) -> dict:
 def summarize(results: list[EpisodeResult]) -> dict[str, dict]:
     """``{"overall": rates, "per_task": {task: rates + instructions}, "per_instruction": {task:
     {instruction: rates}}}``; rates: episodes, success_rate, instruction_following_rate,
-    median_reach_m, median_lift_m (None where the sim reported no progress), mean_sim_time_s,
+    median_reach_m, median_lift_m, median_reach_other_m (None where the sim reported no progress), mean_sim_time_s,
     seeds. Tasks and instructions in the order they were run."""
     out: dict[str, dict] = {"overall": _rates(results) if results else {}, "per_task": {}, "per_instruction": {}}
     for name in dict.fromkeys(r.task for r in results):
@@ -745,9 +749,11 @@ def format_table(summary: dict[str, dict]) -> str:
     """Per task and overall; under a task evaluated with several instructions, one row each."""
     def row(label, r):
         return (f"{label:<28} {r['episodes']:>8} {r['success_rate']:>8.0%} {r['instruction_following_rate']:>9.0%} "
-                f"{_cm(r['median_reach_m']):>8} {_cm(r['median_lift_m']):>8} {r['mean_sim_time_s']:>6.2f}")
+                f"{_cm(r['median_reach_m']):>8} {_cm(r['median_lift_m']):>8} {_cm(r['median_reach_other_m']):>8} "
+                f"{r['mean_sim_time_s']:>6.2f}")
 
-    lines = [f"{'task':<28} {'episodes':>8} {'success':>8} {'followed':>9} {'reach':>8} {'lift':>8} {'sim s':>6}"]
+    lines = [f"{'task':<28} {'episodes':>8} {'success':>8} {'followed':>9} {'reach':>8} {'lift':>8} {'other':>8} "
+             f"{'sim s':>6}"]
     for name, r in summary["per_task"].items():
         lines.append(row(name, r))
         per = summary["per_instruction"][name]

@@ -34,7 +34,7 @@ Parameters:
 Interfaces: /clock (rosgraph_msgs/Clock); the embodiment's camera and JointState topics;
 ``~/joint_commands`` (sensor_msgs/JointState: the controllers' commanded positions, all joints);
 ``~/episode_status`` (std_msgs/String, JSON: episode, task, instruction, seed, episode_time,
-sim_time, waiting_for_command, success, instruction_followed, reach_m, lift_m (graded progress,
+sim_time, waiting_for_command, success, instruction_followed, reach_m, lift_m, reach_other_m (graded progress,
 sim/tasks.py), done, real_time_factor, step_ms, trajectories,
 trajectory_errors, last_error; reliable + transient local); ``~/reset`` (std_srvs/Trigger:
 a new episode with the current task / seed parameters). Trajectories with unknown joints or bad

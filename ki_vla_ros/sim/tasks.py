@@ -129,9 +129,11 @@ class TaskMonitor:
         """Graded progress, for learning curves where success is still 0: ``reach_m``, the closest
         the instructed arm's TCP came to the instructed cube's centre (a grasp needs about
         ``ENGAGE``); ``lift_m``, the highest that cube rose above its start (success needs it above
-        ``LIFT_HEIGHT``)."""
+        ``LIFT_HEIGHT``); ``reach_other_m``, the closest the instructed arm came to the other cube (a
+        policy that ignores the colour word goes there instead)."""
         t = self.task
-        return {"reach_m": self.min_dist[t.arm, t.cube], "lift_m": self.max_z[t.cube] - float(self.start[t.cube][2])}
+        return {"reach_m": self.min_dist[t.arm, t.cube], "lift_m": self.max_z[t.cube] - float(self.start[t.cube][2]),
+                "reach_other_m": self.min_dist[t.arm, t.other_cube]}
 
     def instruction_followed(self) -> bool:
         t = self.task
