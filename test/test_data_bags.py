@@ -93,3 +93,37 @@ def test_vlm_jsonl_and_split_by_image(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"image": "x.png", "prompt": "p"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1"):
         load_vlm_jsonl(tmp_path / "bad.jsonl")
+
+
+def test_cache_inside_the_dataset_folder_is_reused(tmp_path):
+    from ki_vla_ros.data.config import DatasetConfig
+    from ki_vla_ros.data.robot import load_robot_episodes
+
+    write_aloha_bag(tmp_path / "data" / "ep0", steps=12)
+    cfg = DatasetConfig(name="sim", type="rosbag", path=str(tmp_path / "data"), embodiment="aloha_bimanual")
+    logs = []
+    first, _ = load_robot_episodes(cfg, 32, tmp_path / "data" / "cache", log=logs.append)
+    second, _ = load_robot_episodes(cfg, 32, tmp_path / "data" / "cache", log=logs.append)
+    assert len(logs) == 1  # read once: the cache's own files are not sources of the key
+    assert len(list((tmp_path / "data" / "cache").iterdir())) == 1
+    np.testing.assert_array_equal(first[0].state, second[0].state)
+    write_aloha_bag(tmp_path / "data" / "ep1", steps=12)  # a new source file does change it
+    third, _ = load_robot_episodes(cfg, 32, tmp_path / "data" / "cache", log=logs.append)
+    assert len(logs) == 2 and len(third) == 2
+
+
+def test_episode_starts_oversampled(tmp_path):
+    from ki_vla_ros.data.config import DatasetConfig
+    from ki_vla_ros.data.robot import RobotDataset
+
+    write_aloha_bag(tmp_path / "bag", steps=20)
+    eps, _ = read_bag_episodes(tmp_path / "bag", EMB, image_size=32)
+    plain, starts = RobotDataset(eps, 5), RobotDataset(eps, 5, start_steps=4, start_repeat=3)
+    assert len(plain) == 20 and len(starts) == 20 + 4 * 2
+    steps = starts.index[:, 1]
+    assert [int((steps == k).sum()) for k in range(6)] == [3, 3, 3, 3, 1, 1]
+    np.testing.assert_array_equal(starts.raw(1)["chunk"], plain.raw(0)["chunk"])  # a repeat is the same sample
+    for bad, msg in [({"start_repeat": 0}, "start_repeat"), ({"start_steps": -1}, "start_steps"),
+                     ({"start_repeat": 2}, "set start_steps > 0")]:
+        with pytest.raises(ValueError, match=msg):
+            DatasetConfig(name="d", type="rosbag", path="p", embodiment="aloha_bimanual", **bad).validate()

@@ -41,6 +41,11 @@ class DatasetConfig:
     # action names learned as offsets from the state of the same name at the observation
     # (delta_actions.py; openpi's ALOHA rule: the arm joints, not the grippers); [] = absolute
     delta_actions: list[str] = field(default_factory=list)
+    # training samples at the first `start_steps` steps of every episode appear `start_repeat` times
+    # per epoch (1: once, like every other step): with the arms still at home only the images and the
+    # words tell where to go, later the state and the arm's motion give the target away
+    start_steps: int = 0
+    start_repeat: int = 1
     # vlm
     val_fraction: float = 0.1  # held-out share of images
 
@@ -63,5 +68,12 @@ class DatasetConfig:
             raise ValueError("delta_actions: only robot datasets have actions")
         if self.min_quantile_range < 0:
             raise ValueError(f"min_quantile_range: must be >= 0, got {self.min_quantile_range}")
+        if self.start_steps < 0:
+            raise ValueError(f"start_steps: must be >= 0, got {self.start_steps}")
+        if self.start_repeat < 1:
+            raise ValueError(f"start_repeat: must be >= 1 (1: no oversampling), got {self.start_repeat}")
+        if self.start_repeat > 1 and (self.type == "vlm" or not self.start_steps):
+            raise ValueError("start_repeat: oversamples the first start_steps steps of a robot dataset's episodes; "
+                             + ("a vlm dataset has none" if self.type == "vlm" else "set start_steps > 0"))
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction: expected 0 <= x < 1, got {self.val_fraction}")

@@ -6,7 +6,8 @@ the key hashes the source files' sizes and times and every reading option), so a
 another rank — does not decode video or bags again. The cache is written episode by episode as the
 reader yields them, so reading holds about one decoded episode in memory.
 
-`RobotDataset(episodes, horizon, delta)` lists every usable (episode, step) pair; `raw(i)` gives the
+`RobotDataset(episodes, horizon, delta, start_steps, start_repeat)` lists every usable (episode, step)
+pair — those of the first `start_steps` steps `start_repeat` times (oversampled); `raw(i)` gives the
 sample in robot units: images, state, the action chunk [H, Da] (delta dims relative to the state,
 `DeltaActions`) and the instruction.
 """
@@ -31,12 +32,16 @@ from ki_vla_ros.delta_actions import DeltaActions
 CACHE_VERSION = 2  # 2: images resized in float (LeRobot rule), int() sizes
 
 
-def _fingerprint(cfg: DatasetConfig, image_size: int) -> str:
+def _fingerprint(cfg: DatasetConfig, image_size: int, cache_dir: Path | None = None) -> str:
+    """A key of the source files (paths, sizes, times) and every reading option; files under
+    `cache_dir` are not sources (a cache kept inside the dataset folder must not change the key)."""
     root = Path(cfg.path).resolve()
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    cache = cache_dir.resolve() if cache_dir else None
+    files = [root] if root.is_file() else sorted(
+        p for p in root.rglob("*") if p.is_file() and not (cache and p.is_relative_to(cache)))
     h = hashlib.sha1()
     ignored = {"name": "", "weight": 0, "val_episodes": 0, "min_quantile_range": 0,
-               "delta_actions": [],
+               "delta_actions": [], "start_steps": 0, "start_repeat": 1,
                "norm_stats": ""}  # not used in reading
     h.update(json.dumps({"v": CACHE_VERSION, "cfg": dataclasses.asdict(cfg) | ignored,
                          "size": image_size, "root": str(root)}, sort_keys=True).encode())
@@ -87,7 +92,7 @@ def load_robot_episodes(cfg: DatasetConfig, image_size: int, cache_dir: str | Pa
     report = LoadReport(cfg.path)
     if not cache_dir:
         return list(_episodes(cfg, image_size, report)), report
-    key = _fingerprint(cfg, image_size)
+    key = _fingerprint(cfg, image_size, Path(cache_dir))
     folder = Path(cache_dir) / f"{cfg.name}-{key}"
     if (folder / "index.json").is_file():
         return _load_cache(folder)
@@ -146,9 +151,11 @@ def split_episodes(episodes: list[Episode], val_episodes: int, seed: int) -> tup
 
 
 class RobotDataset:
-    def __init__(self, episodes: list[Episode], horizon: int, delta: DeltaActions | None = None):
+    def __init__(self, episodes: list[Episode], horizon: int, delta: DeltaActions | None = None,
+                 start_steps: int = 0, start_repeat: int = 1):
         self.episodes, self.horizon, self.delta = episodes, horizon, delta or DeltaActions.none()
-        pairs = [(ei, int(k)) for ei, e in enumerate(episodes) for k in e.sample_steps(horizon)]
+        pairs = [(ei, int(k)) for ei, e in enumerate(episodes) for k in e.sample_steps(horizon)
+                 for _ in range(start_repeat if k < start_steps else 1)]
         self.index = np.asarray(pairs, np.int64).reshape(-1, 2)
 
     def __len__(self) -> int:

@@ -154,7 +154,7 @@ def prepare_data(cfg: TrainConfig, rank: int = 0, fit_assets: bool = True, barri
             horizon = _horizon(cfg)
             delta = DeltaActions.from_names(d.delta_actions, eps[0].action_names, eps[0].state_names,
                                             f"datasets '{d.name}': delta_actions")
-            trains.append(RobotDataset(tr_eps, horizon, delta))
+            trains.append(RobotDataset(tr_eps, horizon, delta, d.start_steps, d.start_repeat))
             vals.append(RobotDataset(va_eps, horizon, delta))
             if not len(trains[-1]):
                 raise DatasetError(d.path, no_samples_problem(d, rep, horizon, held_out=len(vals[-1])))
@@ -164,7 +164,9 @@ def prepare_data(cfg: TrainConfig, rank: int = 0, fit_assets: bool = True, barri
                          val_samples=len(vals[-1]))
             reports[d.name] = rep_d
             log(f"[data] {d.name}: {rep.summary()}; train {len(tr_eps)} episodes / {len(trains[-1])} samples, "
-                f"held out {len(va_eps)} / {len(vals[-1])}")
+                f"held out {len(va_eps)} / {len(vals[-1])}"
+                + (f" (the first {d.start_steps} steps of each episode {d.start_repeat}× in the training samples)"
+                   if d.start_repeat > 1 else ""))
         names.append(d.name)
         kinds.append(d.type)
         weights.append(d.weight)
