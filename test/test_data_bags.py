@@ -119,7 +119,7 @@ def test_episode_starts_oversampled(tmp_path):
     write_aloha_bag(tmp_path / "bag", steps=20)
     eps, _ = read_bag_episodes(tmp_path / "bag", EMB, image_size=32)
     plain, starts = RobotDataset(eps, 5), RobotDataset(eps, 5, start_steps=4, start_repeat=3)
-    assert len(plain) == 20 and len(starts) == 20 + 4 * 2
+    assert len(plain) == 20 and len(starts) == 20 + 4 * 2 and starts.distinct == plain.distinct == 20
     steps = starts.index[:, 1]
     assert [int((steps == k).sum()) for k in range(6)] == [3, 3, 3, 3, 1, 1]
     np.testing.assert_array_equal(starts.raw(1)["chunk"], plain.raw(0)["chunk"])  # a repeat is the same sample

@@ -154,7 +154,9 @@ class RobotDataset:
     def __init__(self, episodes: list[Episode], horizon: int, delta: DeltaActions | None = None,
                  start_steps: int = 0, start_repeat: int = 1):
         self.episodes, self.horizon, self.delta = episodes, horizon, delta or DeltaActions.none()
-        pairs = [(ei, int(k)) for ei, e in enumerate(episodes) for k in e.sample_steps(horizon)
+        steps = [e.sample_steps(horizon) for e in episodes]
+        self.distinct = sum(map(len, steps))  # usable (episode, step) pairs, each counted once
+        pairs = [(ei, int(k)) for ei, ks in enumerate(steps) for k in ks
                  for _ in range(start_repeat if k < start_steps else 1)]
         self.index = np.asarray(pairs, np.int64).reshape(-1, 2)
 

@@ -158,7 +158,7 @@ def prepare_data(cfg: TrainConfig, rank: int = 0, fit_assets: bool = True, barri
             vals.append(RobotDataset(va_eps, horizon, delta))
             if not len(trains[-1]):
                 raise DatasetError(d.path, no_samples_problem(d, rep, horizon, held_out=len(vals[-1])))
-            rep.samples = len(trains[-1]) + len(vals[-1])
+            rep.samples = trains[-1].distinct + vals[-1].distinct  # oversampled starts counted once
             rep_d = rep.to_dict()
             rep_d.update(train_episodes=len(tr_eps), val_episodes=len(va_eps), train_samples=len(trains[-1]),
                          val_samples=len(vals[-1]))
