@@ -225,3 +225,29 @@ def test_fine_tune_options_name_the_bad_key(data, tmp_path):
     fields = tiny_train_config(data, tmp_path / "r3", tokenizers={"action_tokenizer_path": str(tmp_path / "no.json")})
     with pytest.raises((ValueError, ConfigError), match=r"tokenizers.action_tokenizer_path.: no such file"):
         from_dict(TrainConfig, fields)
+
+
+def test_vision_lr_scale_freezes_or_slows_the_tower(data, tmp_path):
+    """optim.vision_lr_scale 0: the tower's weights stay those of the start while the rest trains;
+    0.5: the tower's groups run at half the learning rate; outside [0, 1] the key is named."""
+    from ki_vla_ros.train.checkpoint import latest_checkpoint
+
+    fields = tiny_train_config(data, tmp_path / "frozen", steps=4, eval_every=4, checkpoint_every=2,
+                               optim={"lr": 1e-3, "warmup_steps": 2, "vision_lr_scale": 0.0})
+    train(from_dict(TrainConfig, fields), log=lambda *a: None)
+    first = load_file(str(tmp_path / "frozen" / "checkpoints" / "step_000002" / "model.safetensors"))
+    last = load_file(str(latest_checkpoint(tmp_path / "frozen") / "model.safetensors"))
+    vision = [k for k in last if k.startswith("vision.")]
+    assert vision and all(torch.equal(first[k], last[k]) for k in vision)
+    assert not torch.equal(first["image_proj.weight"], last["image_proj.weight"])  # the projector trains
+    assert not torch.equal(first["transformer.backbone.0.q_proj.weight"], last["transformer.backbone.0.q_proj.weight"])
+
+    fields = tiny_train_config(data, tmp_path / "half", steps=2, eval_every=2, checkpoint_every=2,
+                               optim={"lr": 1e-3, "warmup_steps": 2, "vision_lr_scale": 0.5})
+    train(from_dict(TrainConfig, fields), log=lambda *a: None)
+    groups = json.loads((latest_checkpoint(tmp_path / "half") / "optimizer.json").read_text())["param_groups"]
+    assert sorted(g["lr_scale"] for g in groups) == [0.5, 0.5, 1.0, 1.0]
+    lr = {g["lr_scale"]: g["lr"] for g in groups}
+    assert lr[0.5] == pytest.approx(0.5 * lr[1.0]) and lr[1.0] > 0
+    with pytest.raises(ConfigError, match=r"key .optim.vision_lr_scale.: expected 0 <= x <= 1, got 2"):
+        from_dict(TrainConfig, {**fields, "optim": {"vision_lr_scale": 2}})

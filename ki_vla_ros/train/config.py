@@ -41,6 +41,13 @@ class OptimConfig:
     warmup_steps: int = 100  # linear warm-up from 0
     min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio at the last step
     grad_clip: float = 1.0  # global L2 norm; 0: off
+    # the vision tower's (`vision.*`) learning rate as a fraction of lr; 0 freezes it. A pre-trained
+    # tower's localisation does not survive lr 1e-3 from a fresh backbone (docs/training.md)
+    vision_lr_scale: float = 1.0
+
+    def validate(self) -> None:
+        if not 0.0 <= self.vision_lr_scale <= 1.0:
+            raise ValueError(f"vision_lr_scale: expected 0 <= x <= 1, got {self.vision_lr_scale}")
 
 
 @dataclass

@@ -128,14 +128,19 @@ def init_vision(model: KIVLA, init: str, log=print) -> None:
 
 
 def make_optimizer(params: list[nn.Parameter], names: dict[int, str], o, fused: bool) -> torch.optim.AdamW:
-    """AdamW over the trained parameters: weight decay on matrices except embeddings. fused: one
-    kernel for all parameters per step (CPU and CUDA; single-process runs), else torch's foreach
-    kernels (what DDP / FSDP runs use, so their results stay comparable)."""
-    decay = [p for p in params if p.ndim >= 2 and "embed" not in names[id(p)]]
-    no_decay = [p for p in params if not (p.ndim >= 2 and "embed" not in names[id(p)])]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                             fused=fused or None)
+    """AdamW over the trained parameters: weight decay on matrices except embeddings. Each group keeps
+    its `lr_scale` (the vision tower's: `o.vision_lr_scale`; the training loop sets lr·lr_scale).
+    fused: one kernel for all parameters per step (CPU and CUDA; single-process runs), else torch's
+    foreach kernels (what DDP / FSDP runs use, so their results stay comparable)."""
+    scaled = [p for p in params if o.vision_lr_scale != 1.0 and names[id(p)].startswith("vision.")]
+    groups = []
+    for scale, members in ((1.0, [p for p in params if not any(p is q for q in scaled)]),
+                           (o.vision_lr_scale, scaled)):
+        decay = [p for p in members if p.ndim >= 2 and "embed" not in names[id(p)]]
+        no_decay = [p for p in members if not (p.ndim >= 2 and "embed" not in names[id(p)])]
+        groups += [{"params": ps, "weight_decay": wd, "lr_scale": scale}  # at scale 1: the two groups as before
+                   for ps, wd in ((decay, o.weight_decay), (no_decay, 0.0)) if ps or members is not scaled]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused or None)
 
 
 def ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], decay: float) -> None:
@@ -193,6 +198,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     init_weights(model, cfg.model.init, cfg.model.init_format, log=say)
     init_vision(model, cfg.model.init_vision, log=say)
     params = recipe.configure(model)
+    if cfg.optim.vision_lr_scale == 0:  # the tower frozen: not trained, not in the optimiser
+        model.vision.requires_grad_(False)
+        params = [p for p in params if p.requires_grad]
+        say("[train] vision tower frozen (optim.vision_lr_scale: 0)")
     model.to(device).train()
     use_fsdp = distributed and cfg.parallel == "fsdp"
     if cfg.parallel == "fsdp" and not distributed:
@@ -345,7 +354,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     while step < cfg.steps:
         lr = lr_at(step, cfg)
         for g in optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)  # checkpoints before lr_scale: 1
         for micro in range(cfg.grad_accum):
             batch = next_batch()
             if use_fsdp:  # FSDP2: reduce-scatter on the last micro-batch only
