@@ -41,36 +41,40 @@ VISION_FILE = "vision.safetensors"
 
 
 # ------------------------------------------------------------------------------------------- scenes
-def _render(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    seeds, size = args
+def _render(args) -> tuple[np.ndarray, ...]:
+    seeds, size, cameras = args
     from ki_vla_ros.sim.vlm_data import SceneMaker
 
-    images, xy, visible = [], [], []
-    with SceneMaker(size, ("cam_high",)) as maker:
+    images, xy, visible, state = [], [], [], []
+    with SceneMaker(size, cameras) as maker:
         for seed in seeds:
             scene, imgs = maker.make(int(seed))
-            images.append(imgs["cam_high"])
+            images.append(imgs["cam_high"] if cameras == ("cam_high",) else np.stack([imgs[c] for c in cameras]))
             xy.append([scene.get(n).pos[:2] for n in CUBES])
             visible.append([scene.get(n).visible for n in CUBES])
-    return np.stack(images), np.asarray(xy, np.float32), np.asarray(visible)
+            state.append(maker.sim.joint_positions())
+    return np.stack(images), np.asarray(xy, np.float32), np.asarray(visible), np.asarray(state, np.float32)
 
 
-def scenes(cache: Path, seeds: range, size: int, workers: int = 2, log=print) -> dict[str, np.ndarray]:
-    """{"images" [N, S, S, 3] uint8, "xy" [N, 2, 2] metres (red, blue), "visible" [N, 2] bool}, rendered
-    once per (seeds, size) into ``cache``."""
+def scenes(cache: Path, seeds: range, size: int, workers: int = 2, log=print,
+           cameras: tuple[str, ...] = ("cam_high",)) -> dict[str, np.ndarray]:
+    """{"images" [N, S, S, 3] uint8 (several cameras: [N, V, S, S, 3] in ``cameras``' order), "xy"
+    [N, 2, 2] metres (red, blue), "visible" [N, 2] bool (in cam_high), "state" [N, 14] the arms' joint
+    positions}, rendered once per (seeds, size, cameras) into ``cache``."""
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"scenes_{seeds.start}_{len(seeds)}_{size}.npz"
+    views = "" if cameras == ("cam_high",) else "_" + "-".join(cameras)
+    path = cache / f"scenes_{seeds.start}_{len(seeds)}_{size}{views}.npz"
     if not path.exists():
         t0 = time.time()
         parts = [p for p in np.array_split(np.asarray(seeds), max(1, workers) * 4) if len(p)]
         if workers > 1:
             with Pool(workers) as pool:
-                done = pool.map(_render, [(p, size) for p in parts])
+                done = pool.map(_render, [(p, size, cameras) for p in parts])
         else:
-            done = [_render((p, size)) for p in parts]
+            done = [_render((p, size, cameras)) for p in parts]
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, images=np.concatenate([d[0] for d in done]), xy=np.concatenate([d[1] for d in done]),
-                 visible=np.concatenate([d[2] for d in done]))
+        np.savez(tmp, **{k: np.concatenate([d[i] for d in done])
+                         for i, k in enumerate(("images", "xy", "visible", "state"))})
         tmp.replace(path)  # never a half-written cache
         log(f"[vision] {len(seeds)} scenes from seed {seeds.start} in {time.time() - t0:.0f} s")
     d = np.load(path)
@@ -78,10 +82,10 @@ def scenes(cache: Path, seeds: range, size: int, workers: int = 2, log=print) ->
 
 
 def splits(cache: Path, size: int, train_scenes: int, heldout_scenes: int, seed: int = 0, workers: int = 2,
-           log=print) -> tuple[dict, dict]:
+           log=print, cameras: tuple[str, ...] = ("cam_high",)) -> tuple[dict, dict]:
     """The training scenes (seeds ``seed ..``) and the held-out ones (seeds from HELDOUT_SEED)."""
-    return (scenes(cache, range(seed, seed + train_scenes), size, workers, log),
-            scenes(cache, range(HELDOUT_SEED, HELDOUT_SEED + heldout_scenes), size, workers, log))
+    return (scenes(cache, range(seed, seed + train_scenes), size, workers, log, cameras),
+            scenes(cache, range(HELDOUT_SEED, HELDOUT_SEED + heldout_scenes), size, workers, log, cameras))
 
 
 # -------------------------------------------------------------------------------------------- model
