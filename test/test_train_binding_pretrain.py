@@ -46,7 +46,7 @@ def test_readout_reads_the_last_layers_input(tiny):
     bundle = load_model_dir(tiny)
     probe = BP.BindingProbe(bundle.model).eval()
     data = squares(4, bundle.config.image_size, 0)
-    batch = BP.Batcher(bundle, data)(np.arange(4), ["pick_red_left"] * 4, ["pick up the red cube"] * 4)
+    batch = BP.Batcher(bundle, data)(np.arange(4), ["pick up the red cube"] * 4)
     with torch.no_grad():
         ref = probe(**batch)
         last = bundle.model.transformer.backbone[-1]
@@ -64,7 +64,7 @@ def test_prompt_is_the_robot_pipelines(tiny):
     bundle = load_model_dir(tiny)
     data = squares(2, bundle.config.image_size, 1)
     text = "grab the blue cube with the right gripper"
-    batch = BP.Batcher(bundle, data)(np.arange(2), ["pick_blue_right"] * 2, [text] * 2)
+    batch = BP.Batcher(bundle, data)(np.arange(2), [text] * 2)
     prompt = PromptBuilder(bundle.text_tokenizer, bundle.config)
     for i in range(2):
         ids, mask = prompt.inference_prefix(text, bundle.norm_stats.state.normalize(data["state"][i]))

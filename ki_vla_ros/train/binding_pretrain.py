@@ -77,13 +77,13 @@ class BindingProbe(nn.Module):
 
 
 class Batcher:
-    """Scenes + (scene, task, phrasing) -> the model's inputs, as the robot data pipeline builds them."""
+    """Scenes + (scene, instruction) -> the model's inputs, as the robot data pipeline builds them."""
 
     def __init__(self, bundle, data: dict):
         self.prompt = PromptBuilder(bundle.text_tokenizer, bundle.config)
         self.state_stats, self.cfg, self.data = bundle.norm_stats.state, bundle.config, data
 
-    def __call__(self, idx: np.ndarray, tasks: list[str], texts: list[str]) -> dict[str, torch.Tensor]:
+    def __call__(self, idx: np.ndarray, texts: list[str]) -> dict[str, torch.Tensor]:
         rows = []
         for i, text in zip(idx, texts, strict=True):
             s = self.state_stats.normalize(self.data["state"][i])
@@ -117,7 +117,7 @@ def heldout_report(probe, batcher: Batcher, held: dict, centre, half, precision:
             c = cube_index(task)
             for lo in range(0, len(scenes), 64):
                 idx = scenes[lo: lo + 64]
-                pred = probe(**batcher(idx, [task] * len(idx), [TASKS[task].instruction] * len(idx)))
+                pred = probe(**batcher(idx, [TASKS[task].instruction] * len(idx)))
                 xy = (pred.float() * half + centre).numpy()
                 d_own = np.linalg.norm(xy - held["xy"][idx, c], axis=-1)
                 d_other = np.linalg.norm(xy - held["xy"][idx, 1 - c], axis=-1)
@@ -177,7 +177,7 @@ def pretrain(bundle, train: dict, held: dict, steps: int, batch_size: int = 32, 
         texts = [phrasings[t][int(gen.integers(len(phrasings[t])))] for t in tasks]
         target = (torch.from_numpy(train["xy"][idx, [cube_index(t) for t in tasks]]) - centre) / half
         with autocast(precision, torch.device("cpu")):
-            pred = probe(**batcher(idx, tasks, texts))
+            pred = probe(**batcher(idx, texts))
         loss = F.mse_loss(pred.float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
