@@ -69,6 +69,18 @@ def test_rendered_scenes_hold_the_cube_positions(tmp_path):
     assert (tmp_path / "scenes_3_2_32.npz").is_file()  # cached: a second call renders nothing
     again = VP.scenes(tmp_path, range(3, 5), 32, workers=1, log=lambda *_: pytest.fail("rendered again"))
     np.testing.assert_array_equal(again["xy"], d["xy"])
+    # the robot's three views (binding pre-training) and the arms' joint state, in a cache of their own
+    cams = ("cam_high", "cam_left_wrist", "cam_right_wrist")
+    three = VP.scenes(tmp_path, range(3, 5), 32, workers=1, log=lambda *_: None, cameras=cams)
+    with SceneMaker(32, cams) as maker:
+        scene, images = maker.make(4)
+        state = maker.sim.joint_positions()
+    assert three["images"].shape == (2, 3, 32, 32, 3)
+    for v, cam in enumerate(cams):
+        np.testing.assert_array_equal(three["images"][1, v], images[cam])
+    np.testing.assert_allclose(three["state"][1], state, rtol=1e-6)
+    np.testing.assert_array_equal(three["xy"], d["xy"])
+    assert (tmp_path / "scenes_3_2_32_cam_high-cam_left_wrist-cam_right_wrist.npz").is_file()
 
 
 def test_init_vision_loads_the_tower_and_nothing_else(tmp_path):
