@@ -47,7 +47,7 @@ from ki_vla_ros.sim.tasks import TASKS, training_phrasings
 from ki_vla_ros.tokenize.prompt import PromptBuilder
 from ki_vla_ros.train.precision import autocast, resolve_precision
 from ki_vla_ros.train.trainer import init_vision
-from ki_vla_ros.train.vision_pretrain import CUBES, splits
+from ki_vla_ros.train.vision_pretrain import CUBES, splits, warmup_cosine
 
 PICKS = tuple(n for n, t in TASKS.items() if t.kind == "pick")  # the colour word picks CUBES[i]
 REPORT = "binding_pretrain.json"
@@ -160,9 +160,7 @@ def pretrain(bundle, train: dict, held: dict, steps: int, batch_size: int = 32, 
     batcher, held_batcher = Batcher(bundle, train), Batcher(bundle, held)
     params = [p for p in probe.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, 0.5 * (1 + np.cos(np.pi * min(s / steps, 1.0)))))
+    sched = warmup_cosine(opt, steps)
     gen = np.random.default_rng(seed)
     phrasings = {t: training_phrasings(t) for t in PICKS}
     curve, t0 = [], time.time()

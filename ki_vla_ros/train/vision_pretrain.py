@@ -127,6 +127,13 @@ def heldout_error_cm(probe: LocaliseProbe, held: dict, centre: torch.Tensor, hal
     return ((pred - torch.from_numpy(held["xy"])).norm(dim=-1) * 100)[torch.from_numpy(held["visible"])].numpy()
 
 
+def warmup_cosine(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over the first 5 % of ``steps``, then cosine to 0 (the pre-training stages' schedule)."""
+    warm = max(1, steps // 20)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, 0.5 * (1 + np.cos(np.pi * min(s / steps, 1.0)))))
+
+
 def pretrain(cfg: ModelConfig, train: dict, held: dict, steps: int, batch_size: int = 64, lr: float = 1e-3,
              seed: int = 0, pos_init: str = "sincos", eval_every: int = 250, log=print) -> tuple[LocaliseProbe, list]:
     """Train the probe (tower + head) on ``train``; returns it and the curve of held-out errors."""
@@ -136,9 +143,7 @@ def pretrain(cfg: ModelConfig, train: dict, held: dict, steps: int, batch_size: 
     lo, hi = xy.min(0), xy.max(0)
     centre, half = torch.tensor((lo + hi) / 2), torch.tensor((hi - lo) / 2)
     opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=0.01)
-    warm = max(1, steps // 20)  # linear warm-up, then cosine to 0
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, 0.5 * (1 + np.cos(np.pi * min(s / steps, 1.0)))))
+    sched = warmup_cosine(opt, steps)
     gen = np.random.default_rng(seed)
     curve, t0 = [], time.time()
     for step in range(1, steps + 1):
