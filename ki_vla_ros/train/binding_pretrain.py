@@ -41,10 +41,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ki_vla_ros.model.kivla import KIVLA
-from ki_vla_ros.model.masks import PAD, PREFIX
+from ki_vla_ros.model.masks import PAD
 from ki_vla_ros.runtime.model_dir import load_model_dir, save_model_dir
 from ki_vla_ros.sim.tasks import TASKS, training_phrasings
-from ki_vla_ros.tokenize.prompt import PromptBuilder
+from ki_vla_ros.tokenize.prompt import PromptBuilder, collate
 from ki_vla_ros.train.precision import autocast, resolve_precision
 from ki_vla_ros.train.trainer import init_vision
 from ki_vla_ros.train.vision_pretrain import CUBES, splits, warmup_cosine
@@ -89,16 +89,11 @@ class Batcher:
             s = self.state_stats.normalize(self.data["state"][i])
             state = np.zeros(self.cfg.state_dim, np.float32)
             state[: len(s)] = s
-            rows.append((self.prompt.prefix(text, s), state))
-        n = max(len(r[0]) for r in rows)
-        tokens = torch.zeros(len(rows), n, dtype=torch.long)
-        kind = torch.full((len(rows), n), PAD, dtype=torch.long)
-        for r, (ids, _) in enumerate(rows):
-            tokens[r, : len(ids)] = torch.tensor(ids)
-            kind[r, : len(ids)] = PREFIX
-        images = torch.from_numpy(self.data["images"][idx]).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
-        return {"images": images, "image_mask": torch.ones(images.shape[:2], dtype=torch.bool),
-                "tokens": tokens, "token_kind": kind, "state": torch.from_numpy(np.stack([r[1] for r in rows]))}
+            images = self.data["images"][i].transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
+            rows.append({**self.prompt.build(text, s), "images": images, "image_mask": np.ones(len(images), bool),
+                         "state": state})
+        batch = collate(rows)  # the data pipeline's padding (PAD kinds after each prompt)
+        return {k: batch[k] for k in ("images", "image_mask", "tokens", "token_kind", "state")}
 
 
 def cube_index(task: str) -> int:
