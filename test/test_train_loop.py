@@ -227,27 +227,43 @@ def test_fine_tune_options_name_the_bad_key(data, tmp_path):
         from_dict(TrainConfig, fields)
 
 
-def test_vision_lr_scale_freezes_or_slows_the_tower(data, tmp_path):
+def test_lr_scales_freeze_or_slow_the_tower_and_the_backbone(data, tmp_path):
     """optim.vision_lr_scale 0: the tower's weights stay those of the start while the rest trains;
-    0.5: the tower's groups run at half the learning rate; outside [0, 1] the key is named."""
+    backbone_lr_scale 0: the same for the backbone group (embeddings, decoder, lm_head) while the
+    projector and the expert train; 0.5 / 0.1: those groups run at that fraction of the learning
+    rate; outside [0, 1] the key is named."""
     from ki_vla_ros.train.checkpoint import latest_checkpoint
+
+    def first_and_last(run):
+        return (load_file(str(tmp_path / run / "checkpoints" / "step_000002" / "model.safetensors")),
+                load_file(str(latest_checkpoint(tmp_path / run) / "model.safetensors")))
 
     fields = tiny_train_config(data, tmp_path / "frozen", steps=4, eval_every=4, checkpoint_every=2,
                                optim={"lr": 1e-3, "warmup_steps": 2, "vision_lr_scale": 0.0})
     train(from_dict(TrainConfig, fields), log=lambda *a: None)
-    first = load_file(str(tmp_path / "frozen" / "checkpoints" / "step_000002" / "model.safetensors"))
-    last = load_file(str(latest_checkpoint(tmp_path / "frozen") / "model.safetensors"))
+    first, last = first_and_last("frozen")
     vision = [k for k in last if k.startswith("vision.")]
     assert vision and all(torch.equal(first[k], last[k]) for k in vision)
     assert not torch.equal(first["image_proj.weight"], last["image_proj.weight"])  # the projector trains
     assert not torch.equal(first["transformer.backbone.0.q_proj.weight"], last["transformer.backbone.0.q_proj.weight"])
 
+    fields = tiny_train_config(data, tmp_path / "bb", recipe="pi0", steps=4, eval_every=4, checkpoint_every=2,
+                               optim={"lr": 1e-3, "warmup_steps": 2, "backbone_lr_scale": 0.0})
+    train(from_dict(TrainConfig, fields), log=lambda *a: None)
+    first, last = first_and_last("bb")
+    backbone = [k for k in last if k.startswith(("transformer.backbone.", "embed"))]
+    assert backbone and all(torch.equal(first[k], last[k]) for k in backbone)
+    for k in ("image_proj.weight", "vision.patch_embed.weight", "transformer.expert.0.q_proj.weight"):
+        assert not torch.equal(first[k], last[k]), k  # pi0: the expert's gradient reaches the tower
+
     fields = tiny_train_config(data, tmp_path / "half", steps=2, eval_every=2, checkpoint_every=2,
-                               optim={"lr": 1e-3, "warmup_steps": 2, "vision_lr_scale": 0.5})
+                               optim={"lr": 1e-3, "warmup_steps": 2, "vision_lr_scale": 0.5,
+                                      "backbone_lr_scale": 0.1})
     train(from_dict(TrainConfig, fields), log=lambda *a: None)
     groups = json.loads((latest_checkpoint(tmp_path / "half") / "optimizer.json").read_text())["param_groups"]
-    assert sorted(g["lr_scale"] for g in groups) == [0.5, 0.5, 1.0, 1.0]
+    assert [g["lr_scale"] for g in groups] == [1.0, 1.0, 0.5, 0.5, 0.1, 0.1]
     lr = {g["lr_scale"]: g["lr"] for g in groups}
-    assert lr[0.5] == pytest.approx(0.5 * lr[1.0]) and lr[1.0] > 0
-    with pytest.raises(ConfigError, match=r"key .optim.vision_lr_scale.: expected 0 <= x <= 1, got 2"):
-        from_dict(TrainConfig, {**fields, "optim": {"vision_lr_scale": 2}})
+    assert lr[0.5] == pytest.approx(0.5 * lr[1.0]) and lr[0.1] == pytest.approx(0.1 * lr[1.0]) and lr[1.0] > 0
+    for key in ("vision_lr_scale", "backbone_lr_scale"):
+        with pytest.raises(ConfigError, match=rf"key .optim.{key}.: expected 0 <= x <= 1, got 2"):
+            from_dict(TrainConfig, {**fields, "optim": {key: 2}})

@@ -44,10 +44,15 @@ class OptimConfig:
     # the vision tower's (`vision.*`) learning rate as a fraction of lr; 0 freezes it. A pre-trained
     # tower's localisation does not survive lr 1e-3 from a fresh backbone (docs/training.md)
     vision_lr_scale: float = 1.0
+    # the backbone's (text embeddings, state projection, decoder layers, lm_head) learning rate as a
+    # fraction of lr; 0 freezes it. A fresh expert's gradient at full lr wipes out what a pre-trained
+    # backbone knows (docs/training.md, "Word-object binding")
+    backbone_lr_scale: float = 1.0
 
     def validate(self) -> None:
-        if not 0.0 <= self.vision_lr_scale <= 1.0:
-            raise ValueError(f"vision_lr_scale: expected 0 <= x <= 1, got {self.vision_lr_scale}")
+        for key in ("vision_lr_scale", "backbone_lr_scale"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"{key}: expected 0 <= x <= 1, got {getattr(self, key)}")
 
 
 @dataclass

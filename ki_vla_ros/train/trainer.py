@@ -31,6 +31,7 @@ from torch import nn
 from ki_vla_ros.configio import dump_config, to_dict
 from ki_vla_ros.data.augment import augment_images
 from ki_vla_ros.model import KIVLA
+from ki_vla_ros.model.kivla import EXPERT_MODULES, VISION_MODULES
 from ki_vla_ros.model.recipes import get_recipe
 from ki_vla_ros.model.rtc import sample_prefix_len
 from ki_vla_ros.tokenize.prompt import collate
@@ -127,19 +128,31 @@ def init_vision(model: KIVLA, init: str, log=print) -> None:
     log(f"[train] vision tower from {path}")
 
 
+def lr_scale_of(name: str, o) -> float:
+    """The learning-rate fraction of a parameter: `o.vision_lr_scale` for the tower (`vision.*`; its
+    projector trains at lr), `o.backbone_lr_scale` for the backbone group of `KIVLA.param_groups`,
+    1 for the expert."""
+    if name.startswith("vision."):
+        return o.vision_lr_scale
+    if not name.startswith(EXPERT_MODULES + VISION_MODULES):
+        return o.backbone_lr_scale
+    return 1.0
+
+
 def make_optimizer(params: list[nn.Parameter], names: dict[int, str], o, fused: bool) -> torch.optim.AdamW:
     """AdamW over the trained parameters: weight decay on matrices except embeddings. Each group keeps
-    its `lr_scale` (the vision tower's: `o.vision_lr_scale`; the training loop sets lr·lr_scale).
+    its `lr_scale` (`lr_scale_of`; the training loop sets lr·lr_scale); the groups at scale 1 come
+    first, so a run without scales has the same two groups as before scales existed.
     fused: one kernel for all parameters per step (CPU and CUDA; single-process runs), else torch's
     foreach kernels (what DDP / FSDP runs use, so their results stay comparable)."""
-    scaled = [p for p in params if o.vision_lr_scale != 1.0 and names[id(p)].startswith("vision.")]
+    scale = {id(p): lr_scale_of(names[id(p)], o) for p in params}
     groups = []
-    for scale, members in ((1.0, [p for p in params if not any(p is q for q in scaled)]),
-                           (o.vision_lr_scale, scaled)):
+    for s in sorted(set(scale.values()) | {1.0}, key=lambda v: (v != 1.0, -v)):
+        members = [p for p in params if scale[id(p)] == s]
         decay = [p for p in members if p.ndim >= 2 and "embed" not in names[id(p)]]
         no_decay = [p for p in members if not (p.ndim >= 2 and "embed" not in names[id(p)])]
-        groups += [{"params": ps, "weight_decay": wd, "lr_scale": scale}  # at scale 1: the two groups as before
-                   for ps, wd in ((decay, o.weight_decay), (no_decay, 0.0)) if ps or members is not scaled]
+        groups += [{"params": ps, "weight_decay": wd, "lr_scale": s}
+                   for ps, wd in ((decay, o.weight_decay), (no_decay, 0.0)) if ps or s == 1.0]
     return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused or None)
 
 
@@ -198,10 +211,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     init_weights(model, cfg.model.init, cfg.model.init_format, log=say)
     init_vision(model, cfg.model.init_vision, log=say)
     params = recipe.configure(model)
-    if cfg.optim.vision_lr_scale == 0:  # the tower frozen: not trained, not in the optimiser
-        model.vision.requires_grad_(False)
+    frozen = [n for n, p in model.named_parameters() if p.requires_grad and lr_scale_of(n, cfg.optim) == 0]
+    if frozen:  # a group at lr scale 0: not trained, not in the optimiser
+        for n, p in model.named_parameters():
+            if n in frozen:
+                p.requires_grad_(False)
         params = [p for p in params if p.requires_grad]
-        say("[train] vision tower frozen (optim.vision_lr_scale: 0)")
+        say(f"[train] frozen by optim.vision_lr_scale / backbone_lr_scale 0: {len(frozen)} tensors")
     model.to(device).train()
     use_fsdp = distributed and cfg.parallel == "fsdp"
     if cfg.parallel == "fsdp" and not distributed:
