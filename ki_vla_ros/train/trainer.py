@@ -211,7 +211,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     init_weights(model, cfg.model.init, cfg.model.init_format, log=say)
     init_vision(model, cfg.model.init_vision, log=say)
     params = recipe.configure(model)
-    frozen = [n for n, p in model.named_parameters() if p.requires_grad and lr_scale_of(n, cfg.optim) == 0]
+    frozen = {n for n, p in model.named_parameters() if p.requires_grad and lr_scale_of(n, cfg.optim) == 0}
     if frozen:  # a group at lr scale 0: not trained, not in the optimiser
         for n, p in model.named_parameters():
             if n in frozen:
