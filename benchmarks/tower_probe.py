@@ -1,5 +1,5 @@
 """Does a vision tower still locate the cubes? A fresh attention-pooling probe (one learned query,
-the head of `vision_pretrain.LocaliseProbe`) is trained on the tower's *frozen* cam_high features
+`vision_pretrain.LocaliseProbe.readout`) is trained on the tower's *frozen* cam_high features
 of the vision pre-training scenes to give the (x, y) of the red and the blue cube; printed: its
 held-out median error (cm) next to always answering the mean position.
 
@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from ki_vla_ros.model.config import ModelConfig
-from ki_vla_ros.model.vision import VisionTower
-from ki_vla_ros.train.vision_pretrain import CUBES, mean_position_baseline_cm, splits, to_input
+from ki_vla_ros.train.vision_pretrain import LocaliseProbe, mean_position_baseline_cm, splits, to_input
 
 
 def main() -> None:
@@ -37,7 +36,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     cfg = ModelConfig.preset(args.preset)
-    tower = VisionTower(cfg).eval()
+    probe = LocaliseProbe(cfg).eval()
+    tower = probe.tower
     tensors = load_file(args.weights)
     tower.load_state_dict({k[len("vision."):]: v for k, v in tensors.items() if k.startswith("vision.")})
     train, held = splits(args.cache, cfg.image_size, args.train_scenes, args.heldout_scenes)
@@ -46,22 +46,18 @@ def main() -> None:
                  for d in (train, held)]
     xy = train["xy"][train["visible"]]
     centre, half = torch.tensor((xy.min(0) + xy.max(0)) / 2), torch.tensor((xy.max(0) - xy.min(0)) / 2)
-    w = cfg.vision_width
-    query = torch.nn.Parameter(torch.randn(1, 1, w) * 0.02)
-    pool = torch.nn.MultiheadAttention(w, cfg.vision_heads, batch_first=True)
-    head = torch.nn.Sequential(torch.nn.LayerNorm(w), torch.nn.Linear(w, 2 * len(CUBES)))
-    probe = lambda f: head(pool(query.expand(len(f), -1, -1), f, f)[0][:, 0]).view(len(f), len(CUBES), 2)  # noqa: E731
-    opt = torch.optim.AdamW([query, *pool.parameters(), *head.parameters()], lr=1e-3)
+    opt = torch.optim.AdamW([probe.query, *probe.pool.parameters(), *probe.head.parameters()], lr=1e-3)
     target = (torch.from_numpy(train["xy"]) - centre) / half
     mask = torch.from_numpy(train["visible"]).float()[..., None]
     for _ in range(args.steps):
         i = torch.randint(len(target), (64,))
-        loss = (F.mse_loss(probe(feats[0][i]), target[i], reduction="none") * mask[i]).sum() / (2 * mask[i].sum())
+        err = F.mse_loss(probe.readout(feats[0][i]), target[i], reduction="none")
+        loss = (err * mask[i]).sum() / (2 * mask[i].sum())
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        pred = probe(feats[1]) * half + centre
+        pred = probe.readout(feats[1]) * half + centre
     err = ((pred - torch.from_numpy(held["xy"])).norm(dim=-1) * 100)[torch.from_numpy(held["visible"])].numpy()
     print(json.dumps({"weights": args.weights, "steps": args.steps,
                       "heldout_median_cm": round(float(np.median(err)), 2),

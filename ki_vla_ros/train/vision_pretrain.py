@@ -106,7 +106,10 @@ class LocaliseProbe(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, 2 * len(CUBES)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        f = self.tower(images)
+        return self.readout(self.tower(images))
+
+    def readout(self, f: torch.Tensor) -> torch.Tensor:
+        """Tower features [N, patches, width] -> normalised (x, y) per cube [N, cubes, 2]."""
         pooled, _ = self.pool(self.query.expand(len(f), -1, -1), f, f)
         return self.head(pooled[:, 0]).view(len(f), len(CUBES), 2)
 
