@@ -2,6 +2,7 @@
 
 import itertools
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -43,6 +44,18 @@ def python_exe() -> str:
 
 _COPY_IGNORE = (".venv", ".git", "build", "install", "log", ".ros", "__pycache__", ".pytest_cache",
                 ".ruff_cache", "*.egg-info", "runs", "outputs")
+# top-level folders of generated files only (ki_vla_ros/data is code): a developer's data/ holds
+# datasets and episode caches of tens of GB
+_COPY_IGNORE_TOP = ("data",)
+
+
+def _copy_ignore(directory: str, names: list[str]) -> set[str]:
+    """shutil.copytree's ignore for a copy of this repository: build outputs anywhere, and the
+    generated top-level folders."""
+    ignored = shutil.ignore_patterns(*_COPY_IGNORE)(directory, names)
+    if Path(directory).resolve() == REPO.resolve():
+        ignored |= set(names) & set(_COPY_IGNORE_TOP)
+    return ignored
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +72,7 @@ def colcon_install(tmp_path_factory):
         pytest.skip("colcon is not installed in this environment (requirements/dev.txt)")
     work = tmp_path_factory.mktemp("colcon")
     src = work / "src" / "ki_vla_ros"
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(*_COPY_IGNORE))
+    shutil.copytree(REPO, src, ignore=_copy_ignore)
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(colcon.parent), env.get("PATH", "")])
     proc = subprocess.run(

@@ -31,3 +31,19 @@ def test_colcon_build_installs_share_and_scripts(colcon_install, monkeypatch):
     for exe in ("ki-vla", "policy_node"):
         path = libdir / exe
         assert path.is_file() and os.access(path, os.X_OK), f"{path} missing or not executable"
+
+
+def test_repository_copy_leaves_generated_data_out(tmp_path, monkeypatch):
+    """The colcon fixture's copy skips the top-level data/ (datasets and episode caches of tens of GB
+    on a developer's machine) and build outputs, and keeps the ki_vla_ros/data package."""
+    import conftest
+
+    repo = tmp_path / "repo"
+    for rel in ("data/pick4/cache/x.npy", "ki_vla_ros/data/robot.py", "runs/r/log.csv", "ki_vla_ros/__pycache__/a.pyc",
+                "config/train/a.yaml"):
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text("x")
+    monkeypatch.setattr(conftest, "REPO", repo)
+    conftest.shutil.copytree(repo, tmp_path / "copy", ignore=conftest._copy_ignore)
+    copied = sorted(str(p.relative_to(tmp_path / "copy")) for p in (tmp_path / "copy").rglob("*") if p.is_file())
+    assert copied == ["config/train/a.yaml", "ki_vla_ros/data/robot.py"]
