@@ -16,7 +16,7 @@ A model trained with action prefixes (model.yaml ``rtc``, real-time chunking) co
 running chunk; ``--without-rtc`` also runs the same weights with ``rtc`` switched off in a copy of
 model.yaml (the node then hands the policy no prefix), so the comparison isolates the prefix.
 
-    python benchmarks/chunk_transitions.py --model models/aloha_sim_ki --episodes 2
+    python benchmarks/chunk_transitions.py --model models/aloha_pick4 --episodes 2
     python benchmarks/chunk_transitions.py --model runs/rtc/model --without-rtc --model runs/base/model
 
 Figures depend on the machine's load (inference latency sets how many actions a new chunk drops):

@@ -97,7 +97,7 @@ class DiagWatcher:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(REPO / "models" / "aloha_sim_ki"))
+    ap.add_argument("--model", default=str(REPO / "models" / "aloha_pick4"))
     ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
     ap.add_argument("--embodiment", default="aloha_bimanual")
     ap.add_argument("--camera-rate", type=float, default=30.0, help="Hz, every camera")

@@ -35,8 +35,8 @@ def _run(args, env, timeout=240):
 def test_default_model_resolves_and_missing_model_explains_how_to_make_one(tmp_path, monkeypatch):
     from ki_vla_ros.runtime.model_dir import load_manifest
 
-    default = resolve_model("")  # the bundled models/aloha_sim_ki
-    assert default.name == "aloha_sim_ki" and load_manifest(default).layout.camera_names[0] == "cam_high"
+    default = resolve_model("")  # the bundled models/aloha_pick4
+    assert default.name == "aloha_pick4" and load_manifest(default).layout.camera_names[0] == "cam_high"
     with pytest.raises(DemoError, match="not a model folder"):
         resolve_model(str(tmp_path))
     import ki_vla_ros.embodiment as embodiment

@@ -38,7 +38,7 @@ def test_aloha_topics_and_layout():
         ("joint_trajectory", "/left_arm_controller/joint_trajectory"),
         ("joint_trajectory", "/right_arm_controller/joint_trajectory"),
     ]
-    assert emb.control_rate_hz == 50.0 and emb.model == "models/aloha_sim_ki"
+    assert emb.control_rate_hz == 50.0 and emb.model == "models/aloha_pick4"
     mobile = load_embodiment("mobile_aloha")
     assert mobile.action_dim == 16 and mobile.outputs[-1].topic == "/cmd_vel"
     assert mobile.action_names[14:] == ["base_linear_x", "base_angular_z"]

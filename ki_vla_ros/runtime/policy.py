@@ -1,6 +1,6 @@
 """`Policy`: a model folder ready to act. One observation in, one action chunk (robot units) out.
 
-    policy = Policy.load("models/aloha_sim_ki", backend="onnxruntime")
+    policy = Policy.load("models/aloha_pick4", backend="onnxruntime")
     out = policy.infer(Observation(images={...}, state=q, instruction="pick up the red cube"), seed=0)
     out.actions        # float64 [H, action_dim] in robot units
     out.timings_ms     # preprocess, prefix, flow, postprocess, total
