@@ -97,7 +97,7 @@ class DiagWatcher:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(REPO / "models" / "aloha_pick4"))
+    ap.add_argument("--model", default="", help="model folder (default: the embodiment's model)")
     ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
     ap.add_argument("--embodiment", default="aloha_bimanual")
     ap.add_argument("--camera-rate", type=float, default=30.0, help="Hz, every camera")
@@ -110,7 +110,9 @@ def main() -> None:
     ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
                     help="extra policy node parameter (repeatable)")
     opts = ap.parse_args()
-    model = Path(opts.model)
+    from ki_vla_ros.embodiment import load_embodiment, resolve_model_dir
+
+    model = resolve_model_dir(opts.model, load_embodiment(opts.embodiment))
 
     alone = policy_alone(model, opts.backend, opts.embodiment, opts.image_size, opts.repeats, opts.threads)
     env = ros_child_env()

@@ -535,7 +535,8 @@ def _non_negative_int(text: str) -> int:
 
 
 def _common_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--model", default="", help="model folder (default: models/aloha_pick4)")
+    ap.add_argument("--model", default="",
+                    help="model folder (default: the model of config/embodiments/aloha_bimanual.yaml)")
     ap.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
                     help="the policy node's backend [auto: onnxruntime, the faster one on a CPU (the model "
                          "folder's ONNX export is made on first use); torch with --policy-class]")
