@@ -159,6 +159,14 @@ def test_parameters_and_reset(rig):
     st = rig.status()
     assert st["seed"] == 7 and st["instruction"] == "pick up the blue cube with the right arm"
     assert st["episode_time"] == 0.0 and st["waiting_for_command"] is True
+    # the cameras show the new scene while holding still, not the frames kept from the old one
+    from ki_vla_ros.sim.aloha import AlohaSim
+
+    with AlohaSim("pick_blue_right", seed=7, image_size=SIZE) as fresh:
+        for cam in EMB.cameras:
+            img = rig.obs.received(cam.topic)[-1]
+            got = np.frombuffer(bytes(img.data), np.uint8).reshape(SIZE, SIZE, 3).astype(int)
+            assert np.abs(got - fresh.render(cam.name).astype(int)).mean() < 1.0, cam.name
     # commanded: the episode runs max_sim_time_s from the first command
     assert rig.obs.call(Trigger, f"{NODE}/reset").success
     assert wait_until(lambda: rig.status().get("waiting_for_command") and not rig.status().get("done"), 10.0)

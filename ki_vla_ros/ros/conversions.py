@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from builtin_interfaces.msg import Duration
+from builtin_interfaces.msg import Duration, Time
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -71,6 +71,18 @@ def joint_positions(msg, joints: list[str]) -> np.ndarray:
             raise ValueError(f"joint '{j}' position is {value}")
         out[k] = value
     return out
+
+
+def stamp_seconds(msg) -> float:
+    """A message's ``header.stamp`` in seconds (0.0 for an unstamped message)."""
+    st = msg.header.stamp
+    return st.sec + st.nanosec * 1e-9
+
+
+def seconds_to_time(t: float) -> Time:
+    """Seconds on a ROS clock -> builtin_interfaces/Time."""
+    ns = max(0, int(round(t * 1e9)))
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
 def seconds_to_duration(t: float) -> Duration:

@@ -64,7 +64,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from ki_vla_ros.embodiment import load_embodiment  # noqa: E402
-from ki_vla_ros.ros.conversions import duration_to_seconds, rgb_to_image  # noqa: E402
+from ki_vla_ros.ros.conversions import duration_to_seconds, rgb_to_image, seconds_to_time  # noqa: E402
 from ki_vla_ros.ros.spin import run_node  # noqa: E402
 from ki_vla_ros.sim.follower import SimCommand, Trajectory, TrajectoryError  # noqa: E402
 
@@ -72,13 +72,6 @@ COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 STATUS_QOS = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
-
-
-def to_time_msg(t: float):
-    from builtin_interfaces.msg import Time
-
-    ns = max(0, int(round(t * 1e9)))
-    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
 def trajectory_from_msg(msg: JointTrajectory) -> Trajectory:
@@ -300,6 +293,8 @@ class SimNode(Node):
                 self._wait_limited = True
                 self.sim.task = task
                 self.sim.reset(int(self._p("seed")))
+                # a new scene: the frames kept while holding still show the old one
+                self._frames.clear()
                 self.command.reset(self.sim.last_action)
                 self._episode += 1
                 self._steps = 0
@@ -315,7 +310,7 @@ class SimNode(Node):
     def _publish_state(self, images: bool) -> None:
         """Clock, joint states, commands, (cameras), status at the current sim time. Lock held."""
         t = self.now()
-        stamp = to_time_msg(t)
+        stamp = seconds_to_time(t)
         self._clock_pub.publish(Clock(clock=stamp))
         q, v = self.sim.joint_positions(), self.sim.joint_velocities()
         for joints, idx, pub in self._state_pubs:
