@@ -8,6 +8,7 @@ from ki_vla_ros.control.chunk import (
     UnsafeChunkError,
     compensate_latency,
     finite_difference_velocities,
+    observation_time,
     plan_base_chunk,
     plan_joint_chunk,
     stale_sources,
@@ -80,6 +81,21 @@ def test_stream_index_and_staleness():
     assert stream_index(times, 0.03) == 1
     assert stream_index(times, 0.07) is None
     assert stale_sources({"a": 9.8, "b": 9.0, "c": None}, now=10.0, timeout=0.5) == ["b", "c"]
+
+
+def test_observation_time_is_the_oldest_sensor_stamp():
+    # the latency a chunk must make up starts at capture, not when inference begins
+    assert observation_time([9.98, 9.96, 9.99], now=10.0, max_age=0.5) == pytest.approx(9.96)
+    first, _ = compensate_latency(50, DT, 10.07 - observation_time([9.96, 9.99], now=10.0, max_age=0.5))
+    assert first == 6  # 110 ms after capture: actions 0..5 are past or due within one period
+    # a clock message not yet seen: a stamp a little ahead of now counts as now
+    assert observation_time([10.004, 9.99], now=10.0, max_age=0.5) == pytest.approx(9.99)
+    assert observation_time([10.004], now=10.0, max_age=0.5) == pytest.approx(10.0)
+    # stamps that cannot be on the node's clock: fall back to now
+    assert observation_time([], now=10.0, max_age=0.5) == 10.0
+    assert observation_time([0.0, 9.99], now=10.0, max_age=0.5) == 10.0  # unstamped
+    assert observation_time([1.7e9, 9.99], now=10.0, max_age=0.5) == 10.0  # wall clock under sim time
+    assert observation_time([8.0, 9.99], now=10.0, max_age=0.5) == 10.0  # older than stale
 
 
 def test_waypoint_position_at_interpolates_and_holds():

@@ -146,6 +146,10 @@ def test_start_sends_safe_trajectories_with_configured_joints(rig):
         tfs = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
         assert tfs[0] > 0 and all(b > a for a, b in zip(tfs, tfs[1:])), tfs
         assert len(msg.points[0].velocities) == len(msg.joint_names)
+        # stamped with the publication time (node clock = wall time here): the controller runs the
+        # waypoints at the planned times, however late the message arrives
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        assert 0.0 <= time.time() - stamp < 10.0, stamp
     # the scripted policy aims the shoulder at 5.0 rad: clamped to the 1.26 limit, velocity-limited
     shoulder = [p.positions[1] for p in left.points]
     assert max(shoulder) <= 1.26 + 1e-9

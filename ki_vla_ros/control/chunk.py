@@ -186,6 +186,23 @@ def stream_index(times: np.ndarray, t: float) -> int | None:
     return idx if idx < len(times) else None
 
 
+def observation_time(stamps: list[float], now: float, max_age: float) -> float:
+    """When an observation was taken, for latency compensation: the oldest of its messages'
+    header stamps (the capture times of the images and joint states it was made of), on the
+    clock of ``now``. The time since then, not only the inference time, has passed before its
+    chunk is published: rendering, transport and waiting for the next control period count too.
+
+    Falls back to ``now`` when a stamp cannot be on that clock: zero (unstamped), more than
+    ``max_age`` s old (a driver stamping with another clock, e.g. wall time under sim time).
+    A stamp slightly ahead of ``now`` (the clock message not yet seen) counts as ``now``."""
+    if not stamps:
+        return now
+    oldest = min(stamps)
+    if min(stamps) <= 0.0 or now - oldest > max_age or max(stamps) > now + max_age:
+        return now
+    return min(oldest, now)
+
+
 def stale_sources(stamps: dict[str, float | None], now: float, timeout: float) -> list[str]:
     """Names whose last reception (seconds, same clock as ``now``) is missing or older than
     ``timeout``."""
@@ -204,5 +221,6 @@ __all__ = [
     "plan_joint_chunk",
     "plan_base_chunk",
     "stream_index",
+    "observation_time",
     "stale_sources",
 ]

@@ -54,6 +54,7 @@ class EpisodeResult:
     inference_ms_p95: float | None
     latency_sim_ms_p50: float | None
     latency_sim_ms_p95: float | None
+    observation_age_sim_ms_p50: float | None  # oldest sensor stamp -> inference start
     real_time_factor: float
     max_joint_motion: float  # largest |measured - initial| over the episode (rad / normalised)
     tracking_error_mean: float | None  # mean |commanded - measured| over joints and time
@@ -184,6 +185,7 @@ class SimRig:
         self._status: dict = {}
         self._diag: dict = {}
         self._diag_lat: list[float] = []
+        self._diag_age: list[float] = []
         status_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE,
                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
         n = self.node
@@ -280,6 +282,7 @@ class SimRig:
                 if self._rec_on and values.get("state") == "running":
                     try:
                         self._diag_lat.append(float(values.get("latency_ms_last", "nan")))
+                        self._diag_age.append(float(values.get("observation_age_ms_last", "nan")))
                     except ValueError:
                         pass
 
@@ -326,7 +329,7 @@ class SimRig:
 
     def _reset_recording(self) -> None:
         self._rec = {"chunks": 0, "raw": {}}
-        self._diag_lat = []
+        self._diag_lat, self._diag_age = [], []
 
     # ----------------------------------------------------------------------------- services
     def _call(self, srv_type, name: str, request, timeout: float = 15.0):
@@ -413,6 +416,7 @@ class SimRig:
         with self._lock:
             raw, chunks = self._rec["raw"], self._rec["chunks"]
             lat = [v for v in self._diag_lat if np.isfinite(v)]
+            age = [v for v in self._diag_age if np.isfinite(v)]
         rec = {"chunks": chunks, **self._decode_recording(raw)}
         cmd, meas = np.array(rec["cmd"]), np.array(rec["meas"])
         motion = float(np.max(np.abs(meas - meas[0]))) if len(meas) else 0.0
@@ -427,6 +431,7 @@ class SimRig:
             inference_ms_p50=num(diag, "inference_ms_p50"), inference_ms_p95=num(diag, "inference_ms_p95"),
             latency_sim_ms_p50=float(np.percentile(lat, 50)) if lat else None,
             latency_sim_ms_p95=float(np.percentile(lat, 95)) if lat else None,
+            observation_age_sim_ms_p50=float(np.percentile(age, 50)) if age else None,
             real_time_factor=float(st.get("real_time_factor", 0.0)),
             max_joint_motion=motion, tracking_error_mean=track,
             policy_holds=int((num(diag, "holds") or 0) - (num(diag0, "holds") or 0)),

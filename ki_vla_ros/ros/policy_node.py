@@ -76,7 +76,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from ki_vla_ros.configio import ConfigError
-from ki_vla_ros.control.chunk import UnsafeChunkError, stale_sources
+from ki_vla_ros.control.chunk import UnsafeChunkError, observation_time, stale_sources
 from ki_vla_ros.control.executor import ChunkExecutor
 from ki_vla_ros.control.policy_loader import LayoutMapper, load_policy
 from ki_vla_ros.embodiment import Embodiment, load_embodiment, missing_model_hint, resolve_model_dir
@@ -87,6 +87,8 @@ from ki_vla_ros.ros.conversions import (
     joint_positions,
     make_trajectory,
     seconds_to_duration,
+    seconds_to_time,
+    stamp_seconds,
 )
 from ki_vla_ros.ros.intake import SensorIntake
 from ki_vla_ros.ros.spin import exit_process, run_node
@@ -320,6 +322,7 @@ class PolicyNode(LifecycleNode):
         self._last_reject = ""
         self._infer_ms = collections.deque(maxlen=200)
         self._latency_s = collections.deque(maxlen=200)
+        self._obs_age_s = collections.deque(maxlen=200)  # observation stamp -> inference start
         self._latency_est = 0.0
         self._last_instruction_used = ""
         self._next_infer_t = 0.0
@@ -410,19 +413,23 @@ class PolicyNode(LifecycleNode):
                 if key in slots:
                     slots[key].raw, slots[key].t = got.raw, now - got.age_s
 
-    def _joint_states(self) -> tuple[dict[str, np.ndarray], list[str]]:
+    def _joint_states(self, stamps: list[float] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
         """The newest joint positions per state topic, decoded now, and the problems of those
-        that cannot be used (missing joint, NaN/inf): such a state is never acted on."""
+        that cannot be used (missing joint, NaN/inf): such a state is never acted on. Appends
+        each message's header stamp (s) to ``stamps`` when given."""
         with self._lock:
             raws = {topic: v.raw for topic, v in self._states.items()}
         positions, errors = {}, []
         for topic, raw in raws.items():
             if raw is None:
                 continue
+            msg = deserialize_message(raw, JointState)
             try:
-                positions[topic] = joint_positions(deserialize_message(raw, JointState), self._state_joints[topic])
+                positions[topic] = joint_positions(msg, self._state_joints[topic])
             except ValueError as exc:
                 errors.append(f"joint state {topic}: {exc}")
+            if stamps is not None:
+                stamps.append(stamp_seconds(msg))
         return positions, errors
 
     def _on_set_parameters(self, params):
@@ -576,10 +583,12 @@ class PolicyNode(LifecycleNode):
             problems.append(f"{name} never received" if t is None else f"{name} stale ({now - t:.2f} s old)")
         return problems + self._joint_states()[1]
 
-    def _snapshot(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Images and the state vector from the newest messages (decoded here, not on arrival).
-        Raises ValueError for an image or joint state that cannot be used."""
-        positions, errors = self._joint_states()
+    def _snapshot(self) -> tuple[dict[str, np.ndarray], np.ndarray, list[float]]:
+        """Images and the state vector from the newest messages (decoded here, not on arrival),
+        and the header stamps of those messages (s). Raises ValueError for an image or joint
+        state that cannot be used."""
+        stamps: list[float] = []
+        positions, errors = self._joint_states(stamps)
         if errors:
             raise ValueError("; ".join(errors))
         with self._lock:
@@ -589,7 +598,8 @@ class PolicyNode(LifecycleNode):
         for name in self.mapper.camera_names:
             msg = deserialize_message(raws[name], self._cam_types[name])
             images[name] = image_to_rgb(msg) if self._cam_types[name] is Image else compressed_to_rgb(msg)
-        return images, state
+            stamps.append(stamp_seconds(msg))
+        return images, state, stamps
 
     def _inference_loop(self) -> None:
         while not self._stopping.is_set():
@@ -619,11 +629,13 @@ class PolicyNode(LifecycleNode):
             self._stopping.wait(min(self.embodiment.dt, max(0.0, self._next_infer_t - now)))
             return
         instruction = self._p("instruction")
-        images, state = self._snapshot()
+        images, state, stamps = self._snapshot()
         if not np.all(np.isfinite(state)):  # joint_positions already refuses these; belt and braces
             self._enter_hold("joint state not finite")
             return
-        t_obs, wall0 = self._now(), time.perf_counter()
+        wall0, now = time.perf_counter(), self._now()
+        t_obs = observation_time(stamps, now, self._stale_timeout())
+        self._obs_age_s.append(now - t_obs)
         obs = Observation(images=images, state=self.mapper.state_for_policy(state), instruction=instruction,
                           stamp=t_obs)
         seed = int(self._p("seed"))
@@ -667,9 +679,11 @@ class PolicyNode(LifecycleNode):
             for name, p in plan.outputs.items():
                 if p.output.type == "joint_trajectory":
                     wp = p.waypoints
-                    # header.stamp zero: "start now" (the times are already re-based to now)
+                    # header.stamp = publication time: the controller runs the waypoints at the planned
+                    # times however long the message takes to arrive (JTC semantics)
                     self._pubs[name].publish(
-                        make_trajectory(p.output.joints, wp.positions, wp.velocities, wp.times)
+                        make_trajectory(p.output.joints, wp.positions, wp.velocities, wp.times,
+                                        stamp=seconds_to_time(t_done))
                     )
             self.executor_.accept(plan)
             resumed = self._holding
@@ -712,6 +726,7 @@ class PolicyNode(LifecycleNode):
             "inference_ms_p50": f"{np.percentile(infer, 50):.1f}",
             "inference_ms_p95": f"{np.percentile(infer, 95):.1f}",
             "latency_ms_last": f"{lat[-1]:.1f}",
+            "observation_age_ms_last": f"{(self._obs_age_s[-1] if self._obs_age_s else 0.0) * 1000:.1f}",
             "chunks_published": str(self._stats["chunks_published"]),
             "chunks_rejected": str(self._stats["chunks_rejected"]),
             "overruns": str(self._stats["overruns"]),
