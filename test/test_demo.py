@@ -161,6 +161,9 @@ def test_eval_two_tasks_table_json_csv(tiny_model, ros_env, tmp_path):
     handover = "hand the blue cube from the right arm to the left arm"
     assert [e["instruction"] for e in res["episodes"]] == [*said, said[0], handover, handover, handover]
     assert res["meta"]["instructions"] == {"pick_red_left": said, "handover_blue_right_to_left": [handover]}
+    # what the figures depend on is recorded with them
+    assert res["meta"]["real_time_factor"] == 1.0 and res["meta"]["camera_every"] == 2
+    assert res["meta"]["execute_steps"] == 40  # config/embodiments/aloha_bimanual.yaml
     assert res["per_task"]["pick_red_left"]["episodes"] == 3 and res["overall"]["episodes"] == 6
     assert [v["episodes"] for v in res["per_instruction"]["pick_red_left"].values()] == [2, 1]
     for key in ("success_rate", "instruction_following_rate"):

@@ -705,6 +705,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     meta = {"model": str(rig.model_dir), "backend": rig.backend, "episodes_per_task": opts.episodes,
             "first_seed": opts.seed, "duration": opts.duration, "image_size": opts.image_size,
             "camera_every": opts.camera_every, "render_quality": opts.render_quality,
+            "real_time_factor": opts.real_time_factor, "num_steps": opts.num_steps,
+            "execute_steps": rig.emb.execute_steps, "threads": opts.threads,
             "instructions_file": opts.instructions or None, "instructions": instructions}
     (out / "results.json").write_text(json.dumps(
         {"meta": meta, **summary, "episodes": [r.summary() for r in results]}, indent=2))
