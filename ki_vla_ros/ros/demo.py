@@ -54,7 +54,6 @@ class EpisodeResult:
     inference_ms_p95: float | None
     latency_sim_ms_p50: float | None
     latency_sim_ms_p95: float | None
-    observation_age_sim_ms_p50: float | None  # oldest sensor stamp -> inference start
     real_time_factor: float
     max_joint_motion: float  # largest |measured - initial| over the episode (rad / normalised)
     tracking_error_mean: float | None  # mean |commanded - measured| over joints and time
@@ -62,6 +61,7 @@ class EpisodeResult:
     reach_m: float | None = None  # closest the instructed arm came to the instructed cube (sim/tasks.py)
     lift_m: float | None = None  # highest the instructed cube rose
     reach_other_m: float | None = None  # closest the instructed arm came to the other cube
+    observation_age_sim_ms_p50: float | None = None  # oldest sensor stamp -> inference start
     recording: dict = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict:
