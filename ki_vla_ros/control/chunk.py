@@ -198,7 +198,7 @@ def observation_time(stamps: list[float], now: float, max_age: float) -> float:
     if not stamps:
         return now
     oldest = min(stamps)
-    if min(stamps) <= 0.0 or now - oldest > max_age or max(stamps) > now + max_age:
+    if oldest <= 0.0 or now - oldest > max_age or max(stamps) > now + max_age:
         return now
     return min(oldest, now)
 
