@@ -27,6 +27,8 @@ def test_eval_bag_reports_error_against_recorded_commands(bag, tmp_path, capsys)
             "close it",
             "--max-samples",
             "4",
+            "--stride",  # four samples fit the 2 s bag whatever the embodiment's execute_steps
+            "0.5",
             "--json",
             str(out),
         ]
