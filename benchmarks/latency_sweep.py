@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ki_vla_ros.control.chunk import observation_time  # noqa: E402
-from ki_vla_ros.control.executor import ChunkExecutor  # noqa: E402
+from ki_vla_ros.control.executor import ChunkExecutor, update_latency_estimate  # noqa: E402
 from ki_vla_ros.control.policy_loader import LayoutMapper  # noqa: E402
 from ki_vla_ros.embodiment import load_embodiment  # noqa: E402
 from ki_vla_ros.runtime import Policy  # noqa: E402
@@ -96,9 +96,8 @@ def run_episode(policy, mapper, emb, task: str, seed: int, latency: int, camera_
                              ("actions", actions), ("state", state)):
                     trace[k].append(v)
                 started, chunks = True, chunks + 1
-                executed = max(1, min(execute_steps or emb.execute_steps, len(actions)) - plan.first_index)
-                lat_est = 0.7 * lat_est + 0.3 * elapsed  # the node's running latency estimate
-                next_infer = t_obs + (plan.first_index + executed) * dt - lat_est
+                lat_est = update_latency_estimate(lat_est, elapsed)
+                next_infer = executor.replan_time(plan, len(actions), t_obs, lat_est, execute_steps)
                 continue
             advance()
         prog = sim.progress()

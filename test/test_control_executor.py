@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ki_vla_ros.control.chunk import UnsafeChunkError
-from ki_vla_ros.control.executor import ChunkExecutor
+from ki_vla_ros.control.executor import ChunkExecutor, update_latency_estimate
 from ki_vla_ros.control.policy_loader import LayoutMapper
 from ki_vla_ros.embodiment import load_embodiment
 
@@ -154,3 +154,19 @@ def test_a_new_run_starts_from_the_measured_state():
     plan = ex.make_plan(np.zeros((20, 14)), np.zeros(14), 0.0, t_publish=5.0)
     np.testing.assert_allclose(plan.outputs["left_arm"].start, np.zeros(7))
     np.testing.assert_allclose(plan.outputs["left_arm"].waypoints.positions, 0.0)
+
+
+def test_replan_time_and_latency_estimate():
+    emb = load_embodiment("aloha_bimanual")  # 50 Hz, execute_steps 40
+    ex = ChunkExecutor(emb)
+    state = np.zeros(14)
+    plan = ex.make_plan(np.zeros((50, 14)), state, elapsed=0.08, t_publish=10.08)
+    assert plan.first_index == 4
+    # the next chunk, 80 ms in the making, takes over 40 steps after the observation at 10.0
+    assert ex.replan_time(plan, 50, 10.0, 0.08) == pytest.approx(10.0 + 40 * 0.02 - 0.08)
+    assert ex.replan_time(plan, 50, 10.0, 0.08, execute_steps=10) == pytest.approx(10.0 + 10 * 0.02 - 0.08)
+    # never later than the chunk's end; at least one action after the first kept one
+    assert ex.replan_time(plan, 30, 10.0, 0.08) == pytest.approx(10.0 + 30 * 0.02 - 0.08)
+    assert ex.replan_time(plan, 50, 10.0, 0.08, execute_steps=2) == pytest.approx(10.0 + 5 * 0.02 - 0.08)
+    assert update_latency_estimate(0.0, 0.08) == 0.08  # the first measurement as is
+    assert update_latency_estimate(0.08, 0.18) == pytest.approx(0.11)

@@ -45,6 +45,12 @@ class ChunkPlan:
     first_index: int
 
 
+def update_latency_estimate(estimate: float, elapsed: float) -> float:
+    """Running observation-to-chunk latency estimate (s): an exponential average, the first
+    measurement as is."""
+    return 0.7 * estimate + 0.3 * elapsed if estimate else elapsed
+
+
 class ChunkExecutor:
     def __init__(self, embodiment: Embodiment):
         self.embodiment = embodiment
@@ -159,6 +165,15 @@ class ChunkExecutor:
                 out[:, cols] = [p.waypoints.position_at(t, p.start) for t in times]
         return out
 
+    def replan_time(self, plan: ChunkPlan, n_actions: int, t_obs: float, latency_est: float,
+                    execute_steps: int | None = None) -> float:
+        """When to take the next observation: its chunk (``latency_est`` s later) takes over after
+        ``execute_steps`` (default: the embodiment's) of this ``n_actions``-action chunk observed at
+        ``t_obs`` — at least one action after the first kept one, never after the chunk ran out."""
+        steps = execute_steps or self.embodiment.execute_steps
+        executed = max(1, min(steps, n_actions) - plan.first_index)
+        return t_obs + (plan.first_index + executed) * self.dt - latency_est
+
     # ------------------------------------------------------------------------------------------
     def stream(self, now: float) -> dict[str, np.ndarray]:
         """Commands for streamed outputs at a control tick: joint_group_position -> positions,
@@ -195,4 +210,4 @@ class ChunkExecutor:
         return held
 
 
-__all__ = ["ChunkExecutor", "ChunkPlan", "OutputPlan"]
+__all__ = ["ChunkExecutor", "ChunkPlan", "OutputPlan", "update_latency_estimate"]

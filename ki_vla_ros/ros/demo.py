@@ -306,10 +306,8 @@ class SimRig:
         from rclpy.serialization import deserialize_message
         from sensor_msgs.msg import Image, JointState
 
-        from ki_vla_ros.ros.conversions import duration_to_seconds, image_to_rgb, joint_positions
-
-        def stamp(msg) -> float:  # builtin_interfaces Time has Duration's sec / nanosec
-            return duration_to_seconds(msg.header.stamp)
+        from ki_vla_ros.ros.conversions import image_to_rgb, joint_positions
+        from ki_vla_ros.ros.conversions import stamp_seconds as stamp
 
         states = []
         for src in self.emb.state:

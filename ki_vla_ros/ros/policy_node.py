@@ -77,7 +77,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from ki_vla_ros.configio import ConfigError
 from ki_vla_ros.control.chunk import UnsafeChunkError, observation_time, stale_sources
-from ki_vla_ros.control.executor import ChunkExecutor
+from ki_vla_ros.control.executor import ChunkExecutor, update_latency_estimate
 from ki_vla_ros.control.policy_loader import LayoutMapper, load_policy
 from ki_vla_ros.embodiment import Embodiment, load_embodiment, missing_model_hint, resolve_model_dir
 from ki_vla_ros.ros.conversions import (
@@ -322,7 +322,7 @@ class PolicyNode(LifecycleNode):
         self._last_reject = ""
         self._infer_ms = collections.deque(maxlen=200)
         self._latency_s = collections.deque(maxlen=200)
-        self._obs_age_s = collections.deque(maxlen=200)  # observation stamp -> inference start
+        self._obs_age_s = 0.0  # the last observation's stamp -> its inference start
         self._latency_est = 0.0
         self._last_instruction_used = ""
         self._next_infer_t = 0.0
@@ -635,7 +635,7 @@ class PolicyNode(LifecycleNode):
             return
         wall0, now = time.perf_counter(), self._now()
         t_obs = observation_time(stamps, now, self._stale_timeout())
-        self._obs_age_s.append(now - t_obs)
+        self._obs_age_s = now - t_obs
         obs = Observation(images=images, state=self.mapper.state_for_policy(state), instruction=instruction,
                           stamp=t_obs)
         seed = int(self._p("seed"))
@@ -693,10 +693,8 @@ class PolicyNode(LifecycleNode):
         self._last_instruction_used = instruction
         if resumed:
             self.get_logger().info("fresh data: resuming")
-        self._latency_est = 0.7 * self._latency_est + 0.3 * elapsed if self._latency_est else elapsed
-        # replan after execute_steps of the chunk, never after the chunk has run out
-        executed = max(1, min(self.embodiment.execute_steps, len(actions)) - plan.first_index)
-        self._next_infer_t = t_obs + (plan.first_index + executed) * self.embodiment.dt - self._latency_est
+        self._latency_est = update_latency_estimate(self._latency_est, elapsed)
+        self._next_infer_t = self.executor_.replan_time(plan, len(actions), t_obs, self._latency_est)
 
     # ------------------------------------------------------------------------------- diagnostics
     def _publish_diagnostics(self) -> None:
@@ -726,7 +724,7 @@ class PolicyNode(LifecycleNode):
             "inference_ms_p50": f"{np.percentile(infer, 50):.1f}",
             "inference_ms_p95": f"{np.percentile(infer, 95):.1f}",
             "latency_ms_last": f"{lat[-1]:.1f}",
-            "observation_age_ms_last": f"{(self._obs_age_s[-1] if self._obs_age_s else 0.0) * 1000:.1f}",
+            "observation_age_ms_last": f"{self._obs_age_s * 1000:.1f}",
             "chunks_published": str(self._stats["chunks_published"]),
             "chunks_rejected": str(self._stats["chunks_rejected"]),
             "overruns": str(self._stats["overruns"]),

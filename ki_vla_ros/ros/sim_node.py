@@ -64,7 +64,12 @@ from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from ki_vla_ros.embodiment import load_embodiment  # noqa: E402
-from ki_vla_ros.ros.conversions import duration_to_seconds, rgb_to_image, seconds_to_time  # noqa: E402
+from ki_vla_ros.ros.conversions import (  # noqa: E402
+    duration_to_seconds,
+    rgb_to_image,
+    seconds_to_time,
+    stamp_seconds,
+)
 from ki_vla_ros.ros.spin import run_node  # noqa: E402
 from ki_vla_ros.sim.follower import SimCommand, Trajectory, TrajectoryError  # noqa: E402
 
@@ -83,13 +88,12 @@ def trajectory_from_msg(msg: JointTrajectory) -> Trajectory:
         if len(p.positions) != n:
             raise TrajectoryError(f"point {k} has {len(p.positions)} positions for {n} joints")
     with_vel = bool(pts) and all(len(p.velocities) == n for p in pts)
-    stamp = msg.header.stamp
     return Trajectory(
         joint_names=list(msg.joint_names),
         times=np.array([duration_to_seconds(p.time_from_start) for p in pts], np.float64),
         positions=np.array([list(p.positions) for p in pts], np.float64).reshape(len(pts), n),
         velocities=np.array([list(p.velocities) for p in pts], np.float64) if with_vel else None,
-        start_time=stamp.sec + stamp.nanosec * 1e-9,
+        start_time=stamp_seconds(msg),
     )
 
 
