@@ -112,6 +112,30 @@ def test_cache_inside_the_dataset_folder_is_reused(tmp_path):
     assert len(logs) == 2 and len(third) == 2
 
 
+def test_cache_shared_by_configs_that_read_alike(tmp_path):
+    """A VLM base that takes only the layout from the bags (weight 0) and a robot stage with delta
+    actions and oversampled starts read the same files the same way: one cache, read once; a reading
+    option (image size, max_episodes) gives another."""
+    import dataclasses
+
+    from ki_vla_ros.data.config import DatasetConfig
+    from ki_vla_ros.data.robot import load_robot_episodes
+
+    write_aloha_bag(tmp_path / "data" / "ep0", steps=12)
+    base = DatasetConfig(name="aloha_sim", type="rosbag", path=str(tmp_path / "data"), embodiment="aloha_bimanual",
+                         weight=0.0, val_episodes=0)
+    stage = dataclasses.replace(base, name="sim", weight=1.0, val_fraction=0.0, start_steps=4, start_repeat=2,
+                                delta_actions=["left_waist"])
+    cache, logs = tmp_path / "cache", []
+    first, _ = load_robot_episodes(base, 32, cache, log=logs.append)
+    second, _ = load_robot_episodes(stage, 32, cache, log=logs.append)
+    assert len(logs) == 1 and [p.name.split("-")[0] for p in cache.iterdir()] == ["data"]
+    np.testing.assert_array_equal(first[0].images, second[0].images)
+    load_robot_episodes(stage, 48, cache, log=logs.append)
+    load_robot_episodes(dataclasses.replace(stage, max_episodes=1), 32, cache, log=logs.append)
+    assert len(logs) == 3 and len(list(cache.iterdir())) == 3
+
+
 def test_episode_starts_oversampled(tmp_path):
     from ki_vla_ros.data.config import DatasetConfig
     from ki_vla_ros.data.robot import RobotDataset

@@ -1,7 +1,7 @@
 """Robot datasets: episodes read once into a cache, split by episode, indexed by sample.
 
 `load_robot_episodes(cfg, image_size, cache_dir)` reads a rosbag or LeRobot dataset into
-`Episode`s and keeps them in ``cache_dir/<key>/`` (images as .npy, memory-mapped on later loads;
+`Episode`s and keeps them in ``cache_dir/<source folder>-<key>/`` (images as .npy, memory-mapped on later loads;
 the key hashes the source files' sizes and times and every reading option), so a second run — or
 another rank — does not decode video or bags again. The cache is written episode by episode as the
 reader yields them, so reading holds about one decoded episode in memory.
@@ -42,7 +42,7 @@ def _fingerprint(cfg: DatasetConfig, image_size: int, cache_dir: Path | None = N
     h = hashlib.sha1()
     ignored = {"name": "", "weight": 0, "val_episodes": 0, "min_quantile_range": 0,
                "delta_actions": [], "start_steps": 0, "start_repeat": 1,
-               "norm_stats": ""}  # not used in reading
+               "norm_stats": "", "val_fraction": 0.0}  # not used in reading
     h.update(json.dumps({"v": CACHE_VERSION, "cfg": dataclasses.asdict(cfg) | ignored,
                          "size": image_size, "root": str(root)}, sort_keys=True).encode())
     if cfg.type == "rosbag":
@@ -93,7 +93,9 @@ def load_robot_episodes(cfg: DatasetConfig, image_size: int, cache_dir: str | Pa
     if not cache_dir:
         return list(_episodes(cfg, image_size, report)), report
     key = _fingerprint(cfg, image_size, Path(cache_dir))
-    folder = Path(cache_dir) / f"{cfg.name}-{key}"
+    # named by the source and the key, not the dataset's name: every config that reads the same files
+    # the same way (a VLM base that only takes the robot layout from them, each robot stage) shares it
+    folder = Path(cache_dir) / f"{Path(cfg.path).name}-{key}"
     if (folder / "index.json").is_file():
         return _load_cache(folder)
     log(f"[data] reading {cfg.type} dataset '{cfg.name}' from {cfg.path} (cache: {folder})")
