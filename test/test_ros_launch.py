@@ -164,4 +164,7 @@ def test_shipped_embodiment_commissions_runs_and_stops_cleanly_on_sigint(
     out = proc.output()
     assert "EXIT policy_node-1 0" in out and code == 0, out[-3000:]
     assert problem_lines(out, expected_errors) == [], out[-3000:]
-    assert all(sum(e in x for x in out.splitlines()) == 1 for e in expected_errors), out[-3000:]
+    # the node reports the missing folder exactly once; launch echoes the failed transition at most
+    # once (only when the configure response reaches it: on a loaded machine rmw may time that reply out)
+    counts = [sum(e in x for x in out.splitlines()) for e in expected_errors]
+    assert counts[:1] in ([], [1]) and all(n <= 1 for n in counts[1:]), out[-3000:]
