@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 
@@ -33,6 +34,9 @@ class DatasetConfig:
     on_error: Literal["raise", "skip"] = "raise"  # a broken episode (unreadable file, wrong length): stop, or
     # skip it and count it in assets/data_report.json
     max_episodes: int = 0  # 0: all
+    # rosbag: read only these folders below `path`, in this order ([]: every bag below it), so one data
+    # folder serves a stage that reads part of it (the bundled model's stage 1: the first two generators)
+    folders: list[str] = field(default_factory=list)
     val_episodes: int = -1  # held-out episodes (-1: 10%, at least 1 when there are >= 2 episodes)
     # normalisation statistics computed from this data: a state/action dimension whose 1st..99th
     # percentile range is narrower than this (robot units: rad, m, gripper) is widened to it around
@@ -75,5 +79,10 @@ class DatasetConfig:
         if self.start_repeat > 1 and (self.type == "vlm" or not self.start_steps):
             raise ValueError("start_repeat: oversamples the first start_steps steps of a robot dataset's episodes; "
                              + ("a vlm dataset has none" if self.type == "vlm" else "set start_steps > 0"))
+        if self.folders and self.type != "rosbag":
+            raise ValueError(f"folders: selects bag folders below path; a {self.type} dataset has none")
+        for f in self.folders:
+            if not f or Path(f).is_absolute() or ".." in Path(f).parts:
+                raise ValueError(f"folders: {f!r} is not a folder below path (relative, no '..')")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction: expected 0 <= x < 1, got {self.val_fraction}")

@@ -32,18 +32,27 @@ from ki_vla_ros.delta_actions import DeltaActions
 CACHE_VERSION = 2  # 2: images resized in float (LeRobot rule), int() sizes
 
 
+def _roots(cfg: DatasetConfig) -> list[Path]:
+    """The folders a dataset reads: `path`, or its `folders` below it in their order."""
+    return [Path(cfg.path) / f for f in cfg.folders] or [Path(cfg.path)]
+
+
 def _fingerprint(cfg: DatasetConfig, image_size: int, cache_dir: Path | None = None) -> str:
     """A key of the source files (paths, sizes, times) and every reading option; files under
     `cache_dir` are not sources (a cache kept inside the dataset folder must not change the key)."""
     root = Path(cfg.path).resolve()
     cache = cache_dir.resolve() if cache_dir else None
-    files = [root] if root.is_file() else sorted(
-        p for p in root.rglob("*") if p.is_file() and not (cache and p.is_relative_to(cache)))
+    files = [root] if root.is_file() else [
+        p for r in _roots(cfg) for p in sorted(r.resolve().rglob("*"))
+        if p.is_file() and not (cache and p.is_relative_to(cache))]
     h = hashlib.sha1()
     ignored = {"name": "", "weight": 0, "val_episodes": 0, "min_quantile_range": 0,
                "delta_actions": [], "start_steps": 0, "start_repeat": 1,
                "norm_stats": "", "val_fraction": 0.0}  # not used in reading
-    h.update(json.dumps({"v": CACHE_VERSION, "cfg": dataclasses.asdict(cfg) | ignored,
+    reading = dataclasses.asdict(cfg) | ignored
+    if not cfg.folders:
+        del reading["folders"]  # a config without folders keeps the key it had before they existed
+    h.update(json.dumps({"v": CACHE_VERSION, "cfg": reading,
                          "size": image_size, "root": str(root)}, sort_keys=True).encode())
     if cfg.type == "rosbag":
         from ki_vla_ros.configio import to_dict
@@ -64,7 +73,7 @@ def _episodes(cfg: DatasetConfig, image_size: int, report: LoadReport) -> Iterat
         from ki_vla_ros.embodiment import load_embodiment
 
         emb = load_embodiment(cfg.embodiment)
-        bags = find_bags(cfg.path)
+        bags = [b for r in _roots(cfg) for b in find_bags(r)]
         if cfg.max_episodes:
             bags = bags[: cfg.max_episodes]
         for bag in bags:
