@@ -139,6 +139,8 @@ def test_cache_shared_by_configs_that_read_alike(tmp_path):
 def test_folders_read_part_of_a_data_folder_in_their_order(tmp_path):
     """`folders` reads only the named folders below `path`, in the listed order, and keys the cache by
     them (a stage that reads two of four generators' folders); a bad entry names the key."""
+    import dataclasses
+
     from ki_vla_ros.data.config import DatasetConfig
     from ki_vla_ros.data.robot import load_robot_episodes
 
@@ -147,14 +149,14 @@ def test_folders_read_part_of_a_data_folder_in_their_order(tmp_path):
     cfg = DatasetConfig(name="sim", type="rosbag", path=str(tmp_path / "data"), embodiment="aloha_bimanual")
     cache, logs = tmp_path / "cache", []
     every, _ = load_robot_episodes(cfg, 32, cache, log=logs.append)
-    part, _ = load_robot_episodes(DatasetConfig(**{**cfg.__dict__, "folders": ["c", "a"]}), 32, cache,
+    part, _ = load_robot_episodes(dataclasses.replace(cfg, folders=["c", "a"]), 32, cache,
                                   log=logs.append)
     assert [len(e.state) for e in every] == [10, 12, 14]
     assert [len(e.state) for e in part] == [14, 10]  # c then a, b left out
     assert len(logs) == 2 and len(list(cache.iterdir())) == 2
     for bad in (["../other"], ["/abs"], [""]):
         with pytest.raises(ValueError, match="folders"):
-            DatasetConfig(**{**cfg.__dict__, "folders": bad}).validate()
+            dataclasses.replace(cfg, folders=bad).validate()
     with pytest.raises(ValueError, match="folders"):
         DatasetConfig(name="v", type="vlm", path="x.jsonl", folders=["a"]).validate()
 
