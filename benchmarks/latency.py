@@ -13,7 +13,9 @@ prefix and flow loop
 fp32 and bf16 GEMM peak (`gemm_peak_gflops`, 2048³ products with the same threads);
 `action_error_vs_fp32` — max / mean |actions − fp32 torch actions| (normalised units) on the same
 observations and noise (runtime/precision.py: the check `ki-vla export --precision` records);
-the load average while measuring. A random-weight model folder is made in a temporary directory
+the load average while measuring. `--profile` (onnxruntime): where each graph's time goes, per
+operator type (kernel ms per run, node count; ONNX Runtime's profiler, in runs of their own after
+the timed ones). A random-weight model folder is made in a temporary directory
 (weights do not change the cost; the adaRMS gates are opened, as after training, so the error
 covers the expert), exported for ONNX Runtime, and a precision other than fp32 is checked first.
 Figures depend on the machine and its load.
@@ -35,6 +37,7 @@ from compute import add_model_args, count_flops, gemm_peaks, machine, model_over
 from ki_vla_ros.export.cli import check_precisions, export_model_dir
 from ki_vla_ros.model.synthetic import open_gates
 from ki_vla_ros.runtime import Layout, Observation, Policy
+from ki_vla_ros.runtime.backends import OnnxRuntimeBackend, op_times_ms
 from ki_vla_ros.runtime.init_model import init_model_dir
 from ki_vla_ros.runtime.model_dir import load_model_dir, save_model_dir
 from ki_vla_ros.runtime.precision import action_error
@@ -43,6 +46,28 @@ from ki_vla_ros.runtime.precision import action_error
 def stats(samples_ms: list[float]) -> dict[str, float]:
     ms = np.asarray(samples_ms)
     return {"median_ms": round(float(np.median(ms)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2)}
+
+
+def profile_ops(policy, inputs_np, args, out: Path, top: int = 12) -> dict:
+    """ONNX Runtime's per-operator-type kernel times of prefix and flow loop, `args.repeats` runs
+    after a warm-up, on a second backend with profiling on (the timed one stays unprofiled)."""
+    if args.backend != "onnxruntime":
+        raise SystemExit("--profile: only with --backend onnxruntime")
+    out.mkdir()
+    backend = OnnxRuntimeBackend(policy.bundle.path / "onnx", policy.bundle.weights_sha256, args.steps,
+                                 threads=args.threads, precision=args.precision, profile_dir=out)
+    for i in range(args.repeats + 1):
+        backend.flow(backend.prefix(*inputs_np), policy.draw_noise(i))
+    result = {}
+    for graph, trace in backend.end_profiling().items():
+        p = op_times_ms(trace)
+        ops = list(p["ops"].items())
+        rest = ops[top:]
+        result[graph] = {"run_ms": p["run_ms"], "kernels_ms": round(sum(o["ms"] for _, o in ops), 2),
+                         "ops": dict(ops[:top]) | ({"(other)": {"ms": round(sum(o["ms"] for _, o in rest), 3),
+                                                                "nodes": sum(o["nodes"] for _, o in rest)}}
+                                                   if rest else {})}
+    return result
 
 
 def main() -> None:
@@ -58,6 +83,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the torch backend")
     parser.add_argument("--uncached", action="store_true", help="also time the sampler that recomputes the prefix "
                         "at every step (torch fp32)")
+    parser.add_argument("--profile", action="store_true", help="onnxruntime: time per operator type of prefix and "
+                        "flow loop")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     peaks = gemm_peaks()
@@ -130,6 +157,8 @@ def main() -> None:
                 model.sample_actions_uncached(*inputs, noise, num_steps=args.steps)
                 samples.append((time.perf_counter() - t) * 1e3)
             result["uncached_torch_total"] = stats(samples)
+        if args.profile:
+            result["profile"] = profile_ops(policy, inputs_np, args, Path(tmp) / "profile")
         result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         result["machine"] = machine() | {"loadavg_before": load_before}
     print(json.dumps(result))

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ki_vla_ros.runtime import BackendError, Layout, ModelDirError, Observation, Policy
+from ki_vla_ros.runtime.backends import OnnxRuntimeBackend, op_times_ms
 from ki_vla_ros.runtime.init_model import init_model_dir
 from ki_vla_ros.runtime.model_dir import FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS
 
@@ -142,6 +143,24 @@ def test_onnx_export_matches_torch(tiny_dir, tmp_path):
         a_t = torch_policy.infer(obs, noise=noise).actions
         a_o = ort_policy.infer(obs, noise=noise).actions
         assert np.abs(a_t - a_o).max() < 1e-4 * (HIGH - LOW).max()
+
+    # profiling (benchmarks/latency.py --profile) computes the same; its trace gives per-operator time
+    profiled = OnnxRuntimeBackend(model_dir / "onnx", ort_policy.bundle.weights_sha256, 5, threads=1,
+                                  profile_dir=tmp_path)
+    for _ in range(3):  # a warm-up and two counted runs
+        out = profiled.flow(profiled.prefix(*inputs), noise)
+    np.testing.assert_array_equal(out, ort_policy.backend.flow(ort_policy.backend.prefix(*inputs), noise))
+    traces = profiled.end_profiling()
+    flow = op_times_ms(traces["flow"])
+    assert flow["runs"] == 2
+    assert flow["ops"]["Softmax"]["nodes"] == 5 * torch_policy.config.depth  # one attention per step and layer
+    assert 0 < sum(o["ms"] for o in flow["ops"].values()) <= flow["run_ms"]
+    one_run = tmp_path / "one_run"
+    one_run.mkdir()
+    single = OnnxRuntimeBackend(model_dir / "onnx", ort_policy.bundle.weights_sha256, 5, profile_dir=one_run)
+    single.prefix(*inputs)
+    with pytest.raises(ValueError, match="1 model_run"):
+        op_times_ms(single.end_profiling()["prefix"])
 
     # the single expert step, for debugging, agrees with the model's velocity
     sess = onnxruntime.InferenceSession(str(model_dir / "onnx" / "expert_step.onnx"))

@@ -112,7 +112,9 @@ class OnnxRuntimeBackend:
     precisions = ("fp32", "int8")
 
     def __init__(self, onnx_dir: Path, weights_sha256: str, num_steps: int, threads: int | None = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", profile_dir: Path | None = None):
+        """`profile_dir`: record ONNX Runtime's per-node profile of every run there (`end_profiling`;
+        benchmarks/latency.py --profile). Profiling slows each run: not for control."""
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -132,10 +134,14 @@ class OnnxRuntimeBackend:
         wanted = ("CPUExecutionProvider",) if precision == "int8" else ("CUDAExecutionProvider", "CPUExecutionProvider")
         providers = [p for p in wanted if p in available]
         self.providers = providers
-        self.prefix_session = ort.InferenceSession(str(onnx_dir / self.spec.file("prefix", precision)), options,
+        sessions = {}
+        for graph in ("prefix", "flow"):
+            if profile_dir is not None:
+                options.enable_profiling = True
+                options.profile_file_prefix = str(Path(profile_dir) / graph)
+            sessions[graph] = ort.InferenceSession(str(onnx_dir / self.spec.file(graph, precision)), options,
                                                    providers=providers)
-        self.flow_session = ort.InferenceSession(str(onnx_dir / self.spec.file("flow", precision)), options,
-                                                 providers=providers)
+        self.prefix_session, self.flow_session = sessions["prefix"], sessions["flow"]
         # inputs the graph does not read (e.g. `state` outside "continuous" state mode) are pruned
         self._prefix_inputs = {i.name for i in self.prefix_session.get_inputs()}
 
@@ -149,6 +155,33 @@ class OnnxRuntimeBackend:
         prefix, length = prefix_inputs(noise, action_prefix, action_prefix_len)
         feeds = dict(zip(FLOW_INPUTS, (k, v, prefix_mask, noise.astype(np.float32), prefix, length)))
         return self.flow_session.run(None, feeds)[0]
+
+    def end_profiling(self) -> dict[str, Path]:
+        """Stop profiling (a backend made with `profile_dir`): {"prefix" | "flow": the JSON trace}."""
+        return {"prefix": Path(self.prefix_session.end_profiling()), "flow": Path(self.flow_session.end_profiling())}
+
+
+def op_times_ms(trace: Path) -> dict:
+    """An ONNX Runtime profile trace -> {"runs", "run_ms" (median wall time of a run), "ops": per
+    operator type {"ms": kernel time per run, "nodes": node executions per run}, dearest first}. The
+    first run (warm-up: allocations, thread start) is left out; the gap between the kernels' sum and
+    run_ms is the session's own work between kernels."""
+    import json
+
+    events = json.loads(Path(trace).read_text())
+    runs = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    if len(runs) < 2:
+        raise ValueError(f"{trace}: {len(runs)} model_run(s) in this ONNX Runtime profile; need a warm-up and one more")
+    runs = sorted(runs)[1:]
+    ops: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and \
+                any(a <= e["ts"] <= b for a, b in runs):
+            ops.setdefault(e["args"]["op_name"], []).append(e["dur"])
+    n = len(runs)
+    per_run = {op: {"ms": round(sum(d) / n / 1e3, 3), "nodes": len(d) // n} for op, d in ops.items()}
+    return {"runs": n, "run_ms": round(float(np.median([b - a for a, b in runs])) / 1e3, 3),
+            "ops": dict(sorted(per_run.items(), key=lambda kv: -kv[1]["ms"]))}
 
 
 def make_backend(bundle, backend: str, num_steps: int, device: str = "cpu", compile: bool = False,
