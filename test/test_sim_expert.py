@@ -35,6 +35,7 @@ def test_expert_succeeds_and_follows_instruction(name):
         ("pick_red_left", "pick_blue_left"),  # wrong cube
         ("pick_blue_right", "handover_blue_right_to_left"),  # hand-over instead of pick
         ("handover_red_left_to_right", "pick_red_left"),  # pick instead of hand-over
+        ("handover_red_left_to_right", "pick_red_right"),  # the receiving arm takes the cube itself
     ],
 )
 def test_wrong_behaviour_is_not_instruction_following(judged, done):

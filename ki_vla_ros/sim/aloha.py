@@ -324,8 +324,9 @@ class AlohaSim:
 
     # ---------------------------------------------------------------- outcome
     def success(self) -> bool:
-        """Task success judged from the current sim state."""
-        return bool(self.task.success(self))
+        """Task success: the current sim state (`Task.success`) and, for a hand-over, the episode so
+        far (the giving arm held the cube: `TaskMonitor.handed_over`)."""
+        return bool(self.task.success(self)) and (self.monitor is None or self.monitor.handed_over())
 
     def instruction_followed(self) -> bool:
         """Whether the episode so far did what the instruction asked (right cube, right arm)."""

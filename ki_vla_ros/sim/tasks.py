@@ -102,6 +102,10 @@ class TaskMonitor:
     Followed = the instructed arm went to the instructed cube (TCP within ``ENGAGE``), no arm went
     to the other cube and it did not move, and (pick) the other arm did not go to the target cube,
     or (handover) the receiving arm did.
+
+    It also keeps what a hand-over's success needs beyond its end state (`handed_over`): the giving
+    arm held the cube off the table at some moment. The end state alone (the receiving arm holds
+    the lifted cube) is also what the receiving arm reaches by picking the cube itself.
     """
 
     def __init__(self, task: Task, sim):
@@ -110,6 +114,7 @@ class TaskMonitor:
         self.min_dist = {(a, c): np.inf for a in ARM_SIDES for c in COLORS}
         self.max_disp = dict.fromkeys(COLORS, 0.0)
         self.max_z = {c: float(self.start[c][2]) for c in COLORS}
+        self.given = False  # hand-over: the giving arm held the cube off the table
         self.update(sim)
 
     def update(self, sim) -> None:
@@ -121,6 +126,9 @@ class TaskMonitor:
         for c in COLORS:
             self.max_disp[c] = max(self.max_disp[c], float(np.linalg.norm(cubes[c] - self.start[c])))
             self.max_z[c] = max(self.max_z[c], float(cubes[c][2]))
+        t = self.task
+        if t.kind == "handover" and not self.given and cubes[t.cube][2] > CUBE_HALF + 0.01:
+            self.given = arm_touches(sim, t.arm, t.cube)
 
     def engaged(self, arm: str, cube: str) -> bool:
         return self.min_dist[arm, cube] < ENGAGE
@@ -134,6 +142,10 @@ class TaskMonitor:
         t = self.task
         return {"reach_m": self.min_dist[t.arm, t.cube], "lift_m": self.max_z[t.cube] - float(self.start[t.cube][2]),
                 "reach_other_m": self.min_dist[t.arm, t.other_cube]}
+
+    def handed_over(self) -> bool:
+        """Pick: True. Hand-over: the giving arm held the cube off the table at some moment so far."""
+        return self.task.kind != "handover" or self.given
 
     def instruction_followed(self) -> bool:
         t = self.task
