@@ -61,12 +61,12 @@ def profile_ops(policy, inputs_np, args, out: Path, top: int = 12) -> dict:
     result = {}
     for graph, trace in backend.end_profiling().items():
         p = op_times_ms(trace)
-        ops = list(p["ops"].items())
-        rest = ops[top:]
-        result[graph] = {"run_ms": p["run_ms"], "kernels_ms": round(sum(o["ms"] for _, o in ops), 2),
-                         "ops": dict(ops[:top]) | ({"(other)": {"ms": round(sum(o["ms"] for _, o in rest), 3),
-                                                                "nodes": sum(o["nodes"] for _, o in rest)}}
-                                                   if rest else {})}
+        ops = list(p["ops"].values())
+        shown = dict(list(p["ops"].items())[:top])
+        if len(ops) > top:
+            shown["(other)"] = {"ms": round(sum(o["ms"] for o in ops[top:]), 3),
+                                "nodes": sum(o["nodes"] for o in ops[top:])}
+        result[graph] = {"run_ms": p["run_ms"], "kernels_ms": round(sum(o["ms"] for o in ops), 2), "ops": shown}
     return result
 
 

@@ -174,9 +174,8 @@ def op_times_ms(trace: Path) -> dict:
         raise ValueError(f"{trace}: {len(runs)} model_run(s) in this ONNX Runtime profile; need a warm-up and one more")
     runs = sorted(runs)[1:]
     ops: dict[str, list[float]] = {}
-    for e in events:
-        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and \
-                any(a <= e["ts"] <= b for a, b in runs):
+    for e in events:  # the kernels of every run after the warm-up
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= runs[0][0]:
             ops.setdefault(e["args"]["op_name"], []).append(e["dur"])
     n = len(runs)
     per_run = {op: {"ms": round(sum(d) / n / 1e3, 3), "nodes": len(d) // n} for op, d in ops.items()}

@@ -42,6 +42,7 @@ MIN_DX = 0.08
 LIFT_HEIGHT = 0.08  # cube centre above this (m) = lifted
 MOVED = 0.02  # displacement (m) that counts as "moved"
 ENGAGE = 0.04  # TCP within this distance of a cube centre = the arm went for it
+OFF_TABLE = CUBE_HALF + 0.01  # cube centre above this (m) = off the table
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class Task:
             z > LIFT_HEIGHT
             and arm_touches(sim, self.final_arm, self.cube)
             and not arm_touches(sim, self.other_arm if self.kind == "pick" else self.arm, self.cube)
-            and other_z < CUBE_HALF + 0.01
+            and other_z < OFF_TABLE
         )
 
     def monitor(self, sim) -> TaskMonitor:
@@ -127,7 +128,7 @@ class TaskMonitor:
             self.max_disp[c] = max(self.max_disp[c], float(np.linalg.norm(cubes[c] - self.start[c])))
             self.max_z[c] = max(self.max_z[c], float(cubes[c][2]))
         t = self.task
-        if t.kind == "handover" and not self.given and cubes[t.cube][2] > CUBE_HALF + 0.01:
+        if t.kind == "handover" and not self.given and cubes[t.cube][2] > OFF_TABLE:
             self.given = arm_touches(sim, t.arm, t.cube)
 
     def engaged(self, arm: str, cube: str) -> bool:
