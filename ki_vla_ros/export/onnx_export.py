@@ -129,6 +129,9 @@ def example_inputs(model: KIVLA, num_cameras: int, prompt_tokens: int) -> tuple[
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str]) -> None:
+    # in eval mode: the exporter puts the module back into its mode afterwards, and a wrapper left in
+    # training mode would call KIVLA.train(), which drops the fused inference layout for the next graph
+    module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about python floats in the unrolled loop
         torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,

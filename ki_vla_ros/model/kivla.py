@@ -321,15 +321,22 @@ class KIVLA(nn.Module):
                          like: torch.Tensor) -> list[list[Modulation]]:
         """The expert's adaRMS modulations of every Euler step (flow time 1 − i/num_steps), from one
         time-MLP and one modulation product per norm for all steps together: [step][norm] ->
-        [1, 1, 3·We], or [B, H, 3·We] with `clean` [B, H] (action-prefix tokens at flow time 0).
-        `like`: a tensor with the flow's dtype and device (t is rounded to it, as the steps' t)."""
+        `Modulation` of [1, 1, We] each, or [B, H, We] with `clean` [B, H] (action-prefix tokens at
+        flow time 0: one selection for every step and norm at once). `like`: a tensor with the flow's
+        dtype and device (t is rounded to it, as the steps' t)."""
         t = torch.tensor([1.0 - i / num_steps for i in range(num_steps)], dtype=like.dtype, device=like.device)
-        mods = [m.value for m in self.transformer.expert_modulations(self.time_condition(t))]  # per norm [S, 1, 3We]
-        steps = [[m[i : i + 1] for m in mods] for i in range(num_steps)]
-        if clean is not None:
-            alt = [m.value for m in self.transformer.expert_modulations(self.time_condition(torch.zeros_like(t[:1])))]
-            steps = [[torch.where(clean[..., None], a, m) for a, m in zip(alt, step, strict=True)] for step in steps]
-        return [[Modulation(m) for m in step] for step in steps]
+
+        def table(cond):  # [S', norms, 3, 1, 1, We] for the conditions of S' flow times
+            return torch.stack([torch.stack(m, 1) for m in self.transformer.expert_modulations(cond)], 1)[:, :, :, None]
+
+        mods = table(self.time_condition(t))
+        if clean is not None:  # [S, norms, 3, B, H, We]
+            mods = torch.where(clean[:, :, None], table(self.time_condition(torch.zeros_like(t[:1]))), mods)
+        b, n, we = mods.shape[-3:]
+        parts = mods.reshape(-1, n, we).split(b)  # one [B | 1, H | 1, We] per step, norm and part
+        norms = mods.shape[1]
+        return [[Modulation(*parts[3 * (s * norms + i): 3 * (s * norms + i) + 3]) for i in range(norms)]
+                for s in range(num_steps)]
 
     def expert_velocity(self, k, v, prefix_mask, x_t, t, context: FlowContext | None = None, clean=None):
         """k, v [depth, B, Lp, K, hd], prefix_mask [B, Lp] bool, x_t [B, H, D], t [B] -> velocity [B, H, D]

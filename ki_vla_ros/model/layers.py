@@ -1,12 +1,42 @@
-"""Gemma-style building blocks: RMSNorm, adaRMSNorm, GeGLU MLP and a transformer block."""
+"""Gemma-style building blocks: RMSNorm, adaRMSNorm, GeGLU MLP and a transformer block.
+
+Export forms: in an ONNX export the GELU and the adaRMS normalisation are written in the patterns
+ONNX Runtime fuses into one kernel each (FastGelu, SimplifiedLayerNormalization; the graph stays
+standard ONNX, and TensorRT fuses such element-wise chains itself). Eager torch runs its own
+kernels. Same values either way (test_runtime_policy.py: test_onnx_export_matches_torch)."""
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ki_vla_ros.model.attention import apply_rope
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU, tanh approximation (Gemma, SigLIP). Exported as x·0.5·(1 + tanh(√(2/π)·(x + 0.044715·x³))),
+    the order of products ONNX Runtime fuses into one FastGelu kernel (torch's own opset-18 export of
+    it stays nine kernels)."""
+    if torch.onnx.is_in_onnx_export():
+        return x * 0.5 * (1.0 + torch.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * torch.pow(x, 3))))
+    return F.gelu(x, approximate="tanh")
+
+
+def rms_normalize(x: torch.Tensor, eps: float, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """x / rms(x) over the last dim, in fp32, times `weight` [D] if given. ONNX Runtime fuses the
+    normalisation and a constant [D] weight into one kernel; so without a weight (the adaRMS norm,
+    whose modulation is no constant) an export multiplies by ones, which change no value."""
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if weight is None and torch.onnx.is_in_onnx_export():
+        weight = torch.ones(int(x.shape[-1]))
+    return y if weight is None else y * weight
 
 
 class RMSNorm(nn.Module):
@@ -18,9 +48,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * (1.0 + self.weight.float())).to(x.dtype), None
+        return rms_normalize(x, self.eps, 1.0 + self.weight.float()).to(x.dtype), None
 
 
 class TokenCond(NamedTuple):
@@ -36,11 +64,14 @@ class TokenCond(NamedTuple):
 
 
 class Modulation(NamedTuple):
-    """An adaRMS modulation computed ahead of the norm (`AdaRMSNorm.modulate`): scale|shift|gate
-    [B | 1, 1 | N, 3D]. The flow loop computes every step's at once (kivla.py: `step_modulations`);
-    training passes the condition and the norm computes it (inside the block, as FSDP needs)."""
+    """An adaRMS modulation computed ahead of the norm (`AdaRMSNorm.modulate`): factor = 1 + scale,
+    shift and gate, each [B | 1, 1 | N, D]. The flow loop computes every step's at once (kivla.py:
+    `step_modulations`), so neither the split nor the 1 + scale runs in its Euler steps; training
+    passes the condition and the norm computes it (inside the block, as FSDP needs)."""
 
-    value: torch.Tensor
+    factor: torch.Tensor
+    shift: torch.Tensor
+    gate: torch.Tensor
 
 
 class AdaRMSNorm(nn.Module):
@@ -58,20 +89,20 @@ class AdaRMSNorm(nn.Module):
         nn.init.zeros_(self.modulation.bias)
 
     def modulate(self, cond: torch.Tensor | TokenCond) -> Modulation:
-        """cond [B, C] -> scale|shift|gate [B, 1, 3D]; a TokenCond or a per-token cond [B, N, C]
-        -> [B, N, 3D]."""
+        """cond [B, C] -> `Modulation` of [B, 1, D] each; a TokenCond or a per-token cond [B, N, C]
+        -> [B, N, D] each."""
         if isinstance(cond, TokenCond):
-            return Modulation(torch.where(cond.use_alt[..., None], self.modulation(cond.alt)[:, None],
-                                          self.modulation(cond.cond)[:, None]))
-        return Modulation(self.modulation(cond) if cond.dim() == 3 else self.modulation(cond)[:, None])
+            mod = torch.where(cond.use_alt[..., None], self.modulation(cond.alt)[:, None],
+                              self.modulation(cond.cond)[:, None])
+        else:
+            mod = self.modulation(cond) if cond.dim() == 3 else self.modulation(cond)[:, None]
+        scale, shift, gate = mod.chunk(3, dim=-1)
+        return Modulation(1.0 + scale, shift, gate)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | TokenCond | Modulation):
         # x [B, N, D], cond [B, C] -> y [B, N, D], gate [B, 1, D]; cond TokenCond -> gate [B, N, D]
-        mod = cond if isinstance(cond, Modulation) else self.modulate(cond)
-        scale, shift, gate = mod.value.chunk(3, dim=-1)
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * (1.0 + scale) + shift).to(x.dtype), gate
+        factor, shift, gate = cond if isinstance(cond, Modulation) else self.modulate(cond)
+        return (rms_normalize(x, self.eps) * factor + shift).to(x.dtype), gate
 
 
 def _stack(*parts: nn.Linear) -> torch.Tensor:
@@ -98,7 +129,7 @@ class GeGLU(nn.Module):
             gate, up = F.linear(x, self.gate_up_weight).chunk(2, dim=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
+        return self.down_proj(gelu_tanh(gate) * up)
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
@@ -150,18 +181,21 @@ class Block(nn.Module):
                 p.weight.data = p.weight.data.clone()
             self.qkv_weight = self.mlp.gate_up_weight = None
 
-    def qkv(self, x: torch.Tensor, cond: torch.Tensor | TokenCond | Modulation | None):
+    def qkv(self, x: torch.Tensor, cond: torch.Tensor | TokenCond | Modulation | None,
+            rope: tuple[torch.Tensor, torch.Tensor]):
         # x [B, N, W], cond: the expert's condition (or its attention norm's `Modulation`), None in
-        # the backbone -> q [B, N, H, hd], k/v [B, N, K, hd], gate [B | 1, 1 | N, W] | None
+        # the backbone; rope = (cos, sin) [B, N, 1, hd] of the tokens' positions (`attention.rope_tables`)
+        # -> q [B, N, H, hd], k [B, N, K, hd] (both rotated), v [B, N, K, hd], gate [B | 1, 1 | N, W] | None
         b, n, _ = x.shape
         h, gate = self.attn_norm(x, cond)
-        if self.qkv_weight is not None:  # inference: one product (`fuse`)
-            hq, hk = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-            q, k, v = F.linear(h, self.qkv_weight).split([hq, hk, hk], dim=-1)
-        else:
-            q, k, v = self.q_proj(h), self.k_proj(h), self.v_proj(h)
-        shape = (b, n, -1, self.head_dim)
-        return q.view(shape), k.view(shape), v.view(shape), gate
+        heads, kv, hd = self.num_heads, self.num_kv_heads, self.head_dim
+        if self.qkv_weight is not None:  # inference (`fuse`): one product, one rotation of q and k together
+            qk, v = F.linear(h, self.qkv_weight).view(b, n, heads + 2 * kv, hd).split([heads + kv, kv], dim=2)
+            q, k = apply_rope(qk, *rope).split([heads, kv], dim=2)
+            return q, k, v, gate
+        q = apply_rope(self.q_proj(h).view(b, n, heads, hd), *rope)
+        k = apply_rope(self.k_proj(h).view(b, n, kv, hd), *rope)
+        return q, k, self.v_proj(h).view(b, n, kv, hd), gate
 
     def finish(self, x: torch.Tensor, attn: torch.Tensor, gate, cond) -> torch.Tensor:
         # x [B, N, W], attn [B, N, H*hd], cond as in `qkv` (or the MLP norm's `Modulation`) -> [B, N, W]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ki_vla_ros.model.attention import apply_rope, attend, attention_bias, rope_tables, shared_attention
+from ki_vla_ros.model.attention import attend, attention_bias, rope_tables, shared_attention
 from ki_vla_ros.model.config import ModelConfig
 from ki_vla_ros.model.layers import AdaRMSNorm, Block, Modulation, RMSNorm, TokenCond
 
@@ -34,7 +34,7 @@ class MixtureTransformer(nn.Module):
 
     def expert_modulations(self, cond: torch.Tensor | TokenCond) -> list[Modulation]:
         """The expert's adaRMS modulations for a condition [R, We] (or `TokenCond`): one per norm, in
-        the order layer 0 attention, layer 0 MLP, ..., final norm; each [R, 1 | N, 3·We]. Inference
+        the order layer 0 attention, layer 0 MLP, ..., final norm; each of [R, 1 | N, We]. Inference
         (outside the blocks' calls, so not under FSDP)."""
         norms = [n for la in self.expert for n in (la.attn_norm, la.mlp_norm)] + [self.expert_norm]
         return [n.modulate(cond) for n in norms]
@@ -60,12 +60,10 @@ class MixtureTransformer(nn.Module):
             masks = (masks[0], attention_bias(allowed[:, nb:], self.group, x_a.dtype))
             rope_a = rope_tables(pos_a, c.head_dim, c.rope_base)
         for lb, la in zip(self.backbone, self.expert, strict=True):
-            q_b, k_b, v_b, g_b = lb.qkv(x_b, None)
-            q_b, k_b = apply_rope(q_b, *rope_b), apply_rope(k_b, *rope_b)
+            q_b, k_b, v_b, g_b = lb.qkv(x_b, None, rope_b)
             q_a = k_a = v_a = g_a = None
             if x_a is not None:
-                q_a, k_a, v_a, g_a = la.qkv(x_a, cond)
-                q_a, k_a = apply_rope(q_a, *rope_a), apply_rope(k_a, *rope_a)
+                q_a, k_a, v_a, g_a = la.qkv(x_a, cond, rope_a)
             o_b, o_a = shared_attention(q_b, k_b, v_b, q_a, k_a, v_a, masks, insulate)
             x_b = lb.finish(x_b, o_b, g_b, None)
             if x_a is not None:
@@ -82,8 +80,7 @@ class MixtureTransformer(nn.Module):
         rope_b = rope_tables(pos_b, c.head_dim, c.rope_base)
         masks = (attention_bias(allowed, self.group, x_b.dtype), None)  # once for every layer
         for i, lb in enumerate(self.backbone):
-            q, k, v, g = lb.qkv(x_b, None)
-            q, k = apply_rope(q, *rope_b), apply_rope(k, *rope_b)
+            q, k, v, g = lb.qkv(x_b, None, rope_b)
             ks.append(k)
             vs.append(v)
             if i + 1 < len(self.backbone):
@@ -100,8 +97,7 @@ class MixtureTransformer(nn.Module):
         rope_b = rope_tables(pos_b, self.cfg.head_dim, self.cfg.rope_base)
         out = []
         for i, lb in enumerate(self.backbone):
-            q, k, v, g = lb.qkv(x_b, None)
-            q, k = apply_rope(q, *rope_b), apply_rope(k, *rope_b)
+            q, k, v, g = lb.qkv(x_b, None, rope_b)
             if cache is not None:
                 k, v = torch.cat([cache[i][0], k], 1), torch.cat([cache[i][1], v], 1)
             out.append((k, v))
@@ -124,8 +120,7 @@ class MixtureTransformer(nn.Module):
         rows -> final-normed h_a [B, Na, We]."""
         conds = cond if isinstance(cond, list) else [cond] * (2 * len(self.expert) + 1)
         for i, la in enumerate(self.expert):
-            q, k, v, g = la.qkv(x_a, conds[2 * i])
-            q, k = apply_rope(q, *rope_a), apply_rope(k, *rope_a)
+            q, k, v, g = la.qkv(x_a, conds[2 * i], rope_a)
             _, o = shared_attention(None, k_cache[i], v_cache[i], q, k, v, (None, bias), insulate)
             x_a = la.finish(x_a, o, g, conds[2 * i + 1])
         return self.expert_norm(x_a, conds[-1])[0]

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ki_vla_ros.model.config import ModelConfig
+from ki_vla_ros.model.layers import gelu_tanh
 
 
 def sincos_2d(grid: int, width: int) -> torch.Tensor:
@@ -38,7 +39,7 @@ class VisionBlock(nn.Module):
         q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v)  # [B, heads, N, w/heads]
         x = x + self.out(a.transpose(1, 2).reshape(b, n, w))
-        return x + self.fc2(F.gelu(self.fc1(self.norm2(x)), approximate="tanh"))
+        return x + self.fc2(gelu_tanh(self.fc1(self.norm2(x))))
 
 
 class VisionTower(nn.Module):
