@@ -74,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)
     parser.add_argument("--cameras", type=int, default=3)
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "openvino", "tensorrt"])
     parser.add_argument("--precision", default="fp32", help="fp32 | bf16 | int8 | fp16 (what the backend offers)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=10)

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=900000)
     ap.add_argument("--duration", type=float, default=8.0, help="episode length, sim s [8]")
     ap.add_argument("--num-steps", type=int, default=0, help="flow steps [0: the model folder's]")
-    ap.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime"])
+    ap.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime", "openvino"])
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--without-rtc", action="store_true", help="no action prefix for the policy")
     ap.add_argument("--fixed-noise", action="store_true",

@@ -98,7 +98,7 @@ class DiagWatcher:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="", help="model folder (default: the embodiment's model)")
-    ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "openvino"])
     ap.add_argument("--embodiment", default="aloha_bimanual")
     ap.add_argument("--camera-rate", type=float, default=30.0, help="Hz, every camera")
     ap.add_argument("--state-rate", type=float, default=100.0, help="Hz, every JointState topic")

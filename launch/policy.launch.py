@@ -41,7 +41,7 @@ def generate_launch_description():
         DeclareLaunchArgument(
             "backend",
             default_value="torch",
-            choices=["torch", "onnxruntime", "tensorrt"],
+            choices=["torch", "onnxruntime", "openvino", "tensorrt"],
             description="inference backend (onnxruntime and tensorrt need `ki-vla export` first)",
         ),
         DeclareLaunchArgument(

@@ -132,17 +132,25 @@ def test_onnx_export_matches_torch(tiny_dir, tmp_path):
     export_model_dir(model_dir, num_steps=5)
     torch_policy = Policy.load(model_dir, backend="torch", num_steps=5)
     ort_policy = Policy.load(model_dir, backend="onnxruntime", num_steps=5)
+    ov_policy = Policy.load(model_dir, backend="openvino", num_steps=5)  # the same fp32 export, compiled by OpenVINO
     for seed in range(3):
         obs = observation(seed, instruction=["pick up the red cube", "hand the cube over", "stop"][seed])
         noise = torch_policy.draw_noise(seed)
         inputs = torch_policy.model_inputs(obs)
         k_t, v_t, m_t = torch_policy.backend.prefix(*inputs)
-        k_o, v_o, m_o = ort_policy.backend.prefix(*inputs)
-        assert np.abs(k_t.numpy() - k_o).max() < 1e-4 and np.abs(v_t.numpy() - v_o).max() < 1e-4
-        np.testing.assert_array_equal(m_t.numpy(), m_o)
-        a_t = torch_policy.infer(obs, noise=noise).actions
-        a_o = ort_policy.infer(obs, noise=noise).actions
-        assert np.abs(a_t - a_o).max() < 1e-4 * (HIGH - LOW).max()
+        for policy in (ort_policy, ov_policy):
+            k_o, v_o, m_o = policy.backend.prefix(*inputs)
+            assert np.abs(k_t.numpy() - k_o).max() < 1e-4 and np.abs(v_t.numpy() - v_o).max() < 1e-4
+            np.testing.assert_array_equal(m_t.numpy(), m_o)
+            a_t = torch_policy.infer(obs, noise=noise).actions
+            a_o = policy.infer(obs, noise=noise).actions
+            assert np.abs(a_t - a_o).max() < 1e-4 * (HIGH - LOW).max(), policy.backend.name
+        prefix = torch_policy.draw_noise(seed + 10)  # an action prefix of 7 rows, as real-time chunking gives
+        a_t = torch_policy.backend.flow((k_t, v_t, m_t), noise, prefix, 7)
+        a_v = ov_policy.backend.flow(ov_policy.backend.prefix(*inputs), noise, prefix, 7)
+        assert np.abs(a_t - a_v).max() < 1e-4
+        np.testing.assert_array_equal(a_v[0, :7], prefix[0, :7])
+    k_o, v_o, m_o = ort_policy.backend.prefix(*inputs)
 
     # profiling (benchmarks/latency.py --profile) computes the same; its trace gives per-operator time
     profiled = OnnxRuntimeBackend(model_dir / "onnx", ort_policy.bundle.weights_sha256, 5, threads=1,

@@ -1,6 +1,7 @@
-"""Precision as a runtime choice (runtime/precision.py): bf16 on torch and int8 on ONNX Runtime run
-only once the model folder records them as checked against fp32 for its weights; their action
-error against fp32 on the same inputs and noise stays under the bound; bad choices fail clearly."""
+"""Precision as a runtime choice (runtime/precision.py): bf16 on torch and OpenVINO and int8 on ONNX
+Runtime run only once the model folder records them as checked against fp32 for its weights; their
+action error against fp32 on the same inputs and noise stays under the bound; bad choices fail
+clearly."""
 
 import json
 import shutil
@@ -17,6 +18,8 @@ from ki_vla_ros.runtime.model_dir import WEIGHTS, load_model_dir
 from ki_vla_ros.runtime.precision import BOUNDS, RECORD, PrecisionError, action_error
 
 pytest.importorskip("onnxruntime")
+ov = pytest.importorskip("openvino")
+OV_BF16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")  # the CPU's bf16 units
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,12 @@ def test_checked_precisions_are_recorded_and_bounded(checked_dir):
     path, result = checked_dir
     record = json.loads((path / RECORD).read_text())
     assert record["weights_sha256"] == load_model_dir(path).weights_sha256
-    assert set(record["checks"]) == {"torch/bf16", "onnxruntime/int8"} == set(result["checks"])
+    assert set(result["checks"]) == {"torch/bf16", "openvino/bf16", "onnxruntime/int8"}
+    if OV_BF16:
+        assert set(record["checks"]) == set(result["checks"])
+    else:  # said, not recorded
+        assert result["checks"]["openvino/bf16"].startswith("not checked: backend 'openvino': this CPU has no bf16")
+        assert set(record["checks"]) == {"torch/bf16", "onnxruntime/int8"}
     for key, entry in record["checks"].items():
         precision = key.split("/")[1]
         assert entry["ok"] and entry["bound"] == BOUNDS[precision]
@@ -42,9 +50,11 @@ def test_checked_precisions_are_recorded_and_bounded(checked_dir):
     assert sorted(json.loads((path / "onnx" / "export.json").read_text())["precisions"]) == ["bf16", "fp32", "int8"]
 
 
-@pytest.mark.parametrize("backend, precision", [("torch", "bf16"), ("onnxruntime", "int8")])
+@pytest.mark.parametrize("backend, precision", [("torch", "bf16"), ("onnxruntime", "int8"), ("openvino", "bf16")])
 def test_checked_precision_acts_close_to_fp32(checked_dir, backend, precision):
     path, _ = checked_dir
+    if backend == "openvino" and not OV_BF16:
+        pytest.skip("this CPU has no bf16 units (AVX512-BF16 or AMX): OpenVINO runs fp32 only")
     reference = Policy.load(path, num_steps=5)
     policy = Policy.load(path, backend=backend, num_steps=5, precision=precision)
     assert policy.precision == precision and reference.precision == "fp32"
@@ -78,6 +88,9 @@ def test_unsupported_precisions_are_clear_errors(checked_dir):
         Policy.load(path, backend="onnxruntime", precision="bf16", num_steps=5, require_check=False)
     with pytest.raises(BackendError, match="fp16 is for GPUs; on a CPU use bf16"):
         Policy.load(path, precision="fp16", require_check=False)
+    with pytest.raises(BackendError, match="backend 'openvino' runs fp32, bf16, not 'int8'"):
+        Policy.load(path, backend="openvino", precision="int8", num_steps=5, require_check=False)
     with pytest.raises(BackendError, match="backend 'torch' runs fp32, bf16, fp16, not 'int4'"):
         Policy.load(path, precision="int4", require_check=False)
     assert Policy.load(path, backend="onnxruntime", num_steps=5).precision == "fp32"  # auto
+    assert Policy.load(path, backend="openvino", num_steps=5).precision == "fp32"

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from ki_vla_ros.export.onnx_export import PRECISIONS, export_onnx
+from ki_vla_ros.runtime.backends import BackendError
 from ki_vla_ros.runtime.model_dir import load_model_dir
 from ki_vla_ros.runtime.precision import CHECKED_ON, verify_precision
 
@@ -40,19 +41,23 @@ def export_model_dir(model_dir: str | Path, num_steps: int | None = None,
     return result
 
 
-def ensure_export(model_dir: str | Path, num_steps: int | None = None, precision: str = "fp32") -> bool:
-    """Export the folder's ONNX files for ONNX Runtime unless an export of these weights, flow steps
-    and precision is there already (a one-time cost: ~20 s for `small` on 2 cores). True when it
-    exported."""
-    from ki_vla_ros.runtime.backends import BackendError, OnnxRuntimeBackend, check_export
+def ensure_export(model_dir: str | Path, num_steps: int | None = None, precision: str = "fp32",
+                  backend: str = "onnxruntime") -> bool:
+    """Export the folder's ONNX files for ONNX Runtime or OpenVINO unless an export of these weights,
+    flow steps and precision is there already (a one-time cost: ~20 s for `small` on 2 cores). True
+    when it exported."""
+    from ki_vla_ros.runtime.backends import OnnxRuntimeBackend, OpenVinoBackend, check_export
     from ki_vla_ros.runtime.model_dir import WEIGHTS, file_sha256, load_manifest
     from ki_vla_ros.runtime.precision import resolve_precision
 
     path = Path(model_dir)
     steps = num_steps or load_manifest(path).num_flow_steps
-    precision = resolve_precision(OnnxRuntimeBackend.name, precision)
-    if precision not in OnnxRuntimeBackend.precisions:
-        return False  # nothing ONNX Runtime could run: the backend names the precisions it has
+    runner = {"onnxruntime": OnnxRuntimeBackend, "openvino": OpenVinoBackend}[backend]
+    precision = resolve_precision(backend, precision)
+    if precision not in runner.precisions:
+        return False  # nothing the backend could run: it names the precisions it has
+    if backend == "openvino":
+        precision = "fp32"  # OpenVINO compiles the fp32 export in the precision asked for
     try:
         check_export(path / "onnx", file_sha256(path / WEIGHTS), steps, precision)
         return False
@@ -71,7 +76,10 @@ def check_precisions(model_dir: Path, precisions: tuple[str, ...], num_steps: in
             if backend == "torch" and precision == "fp16" and not torch.cuda.is_available():
                 out[f"{backend}/{precision}"] = "not checked: fp16 on torch needs a GPU"
                 continue
-            out[f"{backend}/{precision}"] = verify_precision(model_dir, backend, precision, num_steps)
+            try:
+                out[f"{backend}/{precision}"] = verify_precision(model_dir, backend, precision, num_steps)
+            except BackendError as exc:  # e.g. bf16 on openvino on a CPU without bf16 units
+                out[f"{backend}/{precision}"] = f"not checked: {exc}"
     return out
 
 

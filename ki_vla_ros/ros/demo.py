@@ -540,7 +540,7 @@ def _non_negative_int(text: str) -> int:
 def _common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", default="",
                     help="model folder (default: the model of config/embodiments/aloha_bimanual.yaml)")
-    ap.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
+    ap.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
                     help="the policy node's backend [auto: onnxruntime, the faster one on a CPU (the model "
                          "folder's ONNX export is made on first use); torch with --policy-class]")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
@@ -585,11 +585,11 @@ def _rig(opts, out: Path, record_video: bool) -> SimRig:
     backend = opts.backend
     if backend == "auto":  # the flow policy on ONNX Runtime; a --policy-class on the backend it was written for
         backend = "torch" if opts.policy_class else "onnxruntime"
-    if backend == "onnxruntime" and not opts.policy_class:
+    if backend in ("onnxruntime", "openvino") and not opts.policy_class:
         from ki_vla_ros.export.cli import ensure_export
 
         print(f"checking the ONNX export of {model} (made once per weights; ~20 s for `small`) ...", flush=True)
-        if ensure_export(model, opts.num_steps, opts.precision):
+        if ensure_export(model, opts.num_steps, opts.precision, backend):
             print(f"exported {model / 'onnx'}", flush=True)
     return SimRig(model, backend=backend, log_dir=out / "logs",
                   image_size=size, camera_every=opts.camera_every, render_quality=opts.render_quality,

@@ -13,8 +13,11 @@ the backend computes (CPU tensors, ONNX Runtime arrays, CUDA buffers).
 
 Precision (runtime/precision.py): torch casts the weights (fp32, bf16, fp16 on CUDA) and stacks the
 q/k/v and gate/up projections once (`KIVLA.fuse_projections`); ONNX Runtime reads the export of
-that precision (fp32, or int8: dynamically quantised matrix products); TensorRT builds strongly
-typed engines from the fp32 / fp16 / bf16 exports. The Euler integration runs in fp32 throughout.
+that precision (fp32, or int8: dynamically quantised matrix products); OpenVINO compiles the fp32
+export for the CPU, to run in fp32 or in bf16 (its CPU plugin picks bf16 kernels where the CPU has
+bf16 units and keeps precision-sensitive operations in fp32); TensorRT builds strongly typed engines
+from the fp32 / fp16 / bf16 exports. The Euler integration runs in fp32 on torch, ONNX Runtime and
+TensorRT.
 
 Threads: OMP_WAIT_POLICY=PASSIVE in the environment (before torch is imported) makes idle
 inference threads sleep instead of spinning, in torch's OpenMP pool and ONNX Runtime's; on a CPU
@@ -34,7 +37,7 @@ import torch
 from ki_vla_ros.export.onnx_export import DTYPES, FLOW_INPUTS, PREFIX_INPUTS, ExportSpec
 from ki_vla_ros.model import KIVLA
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 
 
 class BackendError(RuntimeError):
@@ -161,6 +164,58 @@ class OnnxRuntimeBackend:
         return {"prefix": Path(self.prefix_session.end_profiling()), "flow": Path(self.flow_session.end_profiling())}
 
 
+class OpenVinoBackend:
+    """The fp32 ONNX export compiled by OpenVINO's CPU plugin, in fp32 or bf16 (inference precision
+    hint; bf16 needs a CPU with bf16 units: AVX512-BF16 or AMX). Threads are not pinned to cores:
+    the node shares the CPU with the simulator or the robot's drivers."""
+
+    name = "openvino"
+    precisions = ("fp32", "bf16")
+
+    def __init__(self, onnx_dir: Path, weights_sha256: str, num_steps: int, threads: int | None = None,
+                 precision: str = "fp32"):
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise BackendError(f"backend 'openvino' needs the openvino package: {exc}") from None
+        if precision not in self.precisions:
+            raise BackendError(f"backend 'openvino' runs {', '.join(self.precisions)}, not {precision!r} "
+                               f"(int8: backend onnxruntime; fp16: torch on a GPU or tensorrt)")
+        core = ov.Core()
+        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            raise BackendError("backend 'openvino': this CPU has no bf16 units (AVX512-BF16 or AMX); use fp32")
+        self.precision = precision
+        self.spec = check_export(onnx_dir, weights_sha256, num_steps, "fp32")  # bf16 is chosen at compile time
+        config = {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
+                  "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self._requests, self._inputs = {}, {}
+        for graph in ("prefix", "flow"):
+            compiled = core.compile_model(str(onnx_dir / self.spec.file(graph)), "CPU", config)
+            self._requests[graph] = compiled.create_infer_request()
+            # input index -> graph input name; a port can carry several names (OpenVINO merges the
+            # images' cast into it), and inputs the graph does not read (e.g. `state`) are pruned
+            names = PREFIX_INPUTS if graph == "prefix" else FLOW_INPUTS
+            self._inputs[graph] = {i: next(n for n in names if n in port.get_names())
+                                   for i, port in enumerate(compiled.inputs)}
+
+    def _run(self, graph: str, feeds: dict) -> list[np.ndarray]:
+        request = self._requests[graph]
+        out = request.infer({i: feeds[name] for i, name in self._inputs[graph].items()})
+        return [np.array(out[port]) for port in request.model_outputs]  # copies: the request reuses its memory
+
+    def prefix(self, images, image_mask, tokens, token_mask, state) -> Any:
+        return self._run("prefix", dict(zip(PREFIX_INPUTS, (images, image_mask, tokens, token_mask, state))))
+
+    def flow(self, cache, noise: np.ndarray, action_prefix: np.ndarray | None = None,
+             action_prefix_len: int = 0) -> np.ndarray:
+        k, v, prefix_mask = cache
+        prefix, length = prefix_inputs(noise, action_prefix, action_prefix_len)
+        feeds = dict(zip(FLOW_INPUTS, (k, v, prefix_mask, noise.astype(np.float32), prefix, length)))
+        return self._run("flow", feeds)[0].astype(np.float32, copy=False)
+
+
 def op_times_ms(trace: Path) -> dict:
     """An ONNX Runtime profile trace -> {"runs", "run_ms" (median wall time of a run), "ops": per
     operator type {"ms": kernel time per run, "nodes": node executions per run}, dearest first}. The
@@ -191,6 +246,9 @@ def make_backend(bundle, backend: str, num_steps: int, device: str = "cpu", comp
     if backend == "onnxruntime":
         return OnnxRuntimeBackend(bundle.path / "onnx", bundle.weights_sha256, num_steps, threads=threads,
                                   precision=precision)
+    if backend == "openvino":
+        return OpenVinoBackend(bundle.path / "onnx", bundle.weights_sha256, num_steps, threads=threads,
+                               precision=precision)
     if backend == "tensorrt":
         return TensorRTBackend(bundle.path / "onnx", bundle.weights_sha256, num_steps, precision=precision)
     raise BackendError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")

@@ -2,12 +2,12 @@
 precisions checked against fp32 (`precisions.json`).
 
     fp32   every backend; the reference
-    bf16   torch (CPUs with AVX512-BF16 / AMX, GPUs), tensorrt
+    bf16   torch (CPUs with AVX512-BF16 / AMX, GPUs), openvino (CPUs with AVX512-BF16 / AMX), tensorrt
     fp16   torch on CUDA, tensorrt
     int8   onnxruntime on CPU: the fp32 export with dynamically quantised matrix products
-    auto   fp32 on torch and onnxruntime; tensorrt: bf16 where the GPU has it, else fp16
+    auto   fp32 on torch, onnxruntime and openvino; tensorrt: bf16 where the GPU has it, else fp16
 
-torch and onnxruntime run a precision other than fp32 only once the folder records that it was
+torch, onnxruntime and openvino run a precision other than fp32 only once the folder records that it was
 checked for these weights: `ki-vla export --model DIR --precision bf16,int8` (or `verify_precision`)
 runs the fp32 torch policy and the candidate on the same synthetic observations (random images,
 states drawn inside the statistics' range) and the same noise, and records the largest and mean
@@ -28,7 +28,8 @@ from ki_vla_ros.runtime.backends import BackendError
 
 RECORD = "precisions.json"
 BOUNDS = {"bf16": 0.05, "fp16": 0.05, "int8": 0.1}  # max |a − a_fp32|, normalised action units
-CHECKED_ON = {"bf16": ("torch",), "fp16": ("torch",), "int8": ("onnxruntime",)}  # backends a check runs on here
+# backends a check runs on here
+CHECKED_ON = {"bf16": ("torch", "openvino"), "fp16": ("torch",), "int8": ("onnxruntime",)}
 
 
 class PrecisionError(BackendError):
