@@ -42,7 +42,7 @@ def generate_launch_description():
             "backend",
             default_value="torch",
             choices=["torch", "onnxruntime", "openvino", "tensorrt"],
-            description="inference backend (onnxruntime and tensorrt need `ki-vla export` first)",
+            description="inference backend (onnxruntime, openvino and tensorrt need `ki-vla export` first)",
         ),
         DeclareLaunchArgument(
             "precision",

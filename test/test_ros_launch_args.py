@@ -35,8 +35,8 @@ def test_every_argument_is_described_with_its_choices(name):
         assert a.description and a.description != "no description given", (name, a.name)
     # the policy node's arguments reach every file (robot files include policy.launch.py)
     assert {"model", "backend", "policy_class", "instruction", "autostart", "activate", "params_file"} <= set(args)
-    assert args["backend"].choices == ["torch", "onnxruntime", "tensorrt"]
-    assert "Valid choices are: ['torch', 'onnxruntime', 'tensorrt']" in args["backend"].description
+    assert args["backend"].choices == ["torch", "onnxruntime", "openvino", "tensorrt"]
+    assert "Valid choices are: ['torch', 'onnxruntime', 'openvino', 'tensorrt']" in args["backend"].description
     for b in BOOLEANS:
         assert set(args[b].choices) <= {"true", "false"}, (name, b, args[b].choices)
     assert "lifecycle" in args["activate"].description

@@ -1,5 +1,6 @@
 """The policy node's `precision` parameter reaches the runtime: an unchecked precision fails configure
-with the command that checks it (the node stays unconfigured); once checked, the node runs it."""
+with the command that checks it (the node stays unconfigured); once checked, the node runs it, on
+torch or on another backend (`backend`: openvino)."""
 
 import pytest
 
@@ -7,7 +8,7 @@ rclpy = pytest.importorskip("rclpy")
 from rclpy.parameter import Parameter  # noqa: E402
 
 from ki_vla_ros.embodiment import load_embodiment  # noqa: E402
-from ki_vla_ros.export.cli import check_precisions  # noqa: E402
+from ki_vla_ros.export.cli import check_precisions, export_model_dir  # noqa: E402
 from ki_vla_ros.ros.policy_node import SUCCESS, PolicyNode  # noqa: E402
 from ki_vla_ros.runtime import Layout  # noqa: E402
 from ki_vla_ros.runtime.init_model import init_model_dir  # noqa: E402
@@ -30,6 +31,20 @@ def test_precision_parameter_is_checked_and_passed_to_the_runtime(ros_env, tmp_p
         assert node.policy.precision == "bf16"
         refused = node.set_parameters([Parameter("precision", value="fp32")])[0]
         assert not refused.successful  # a configuration parameter
+    finally:
+        node.shutdown()
+        node.destroy_node()
+        ctx.try_shutdown()
+
+    export_model_dir(model, num_steps=3)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = PolicyNode(context=ctx, parameter_overrides=[
+        Parameter("embodiment", value="franka_single_arm"), Parameter("model", value=str(model)),
+        Parameter("backend", value="openvino"), Parameter("num_steps", value=3)])
+    try:
+        assert node.trigger_configure() == SUCCESS, node.configure_error
+        assert (node.policy.backend.name, node.policy.precision) == ("openvino", "fp32")
     finally:
         node.shutdown()
         node.destroy_node()
