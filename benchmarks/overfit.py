@@ -39,6 +39,7 @@ from ki_vla_ros.model import KIVLA
 from ki_vla_ros.model.recipes import RECIPES
 from ki_vla_ros.runtime.fast_policy import FastTokenPolicy
 from ki_vla_ros.runtime.policy import Policy
+from ki_vla_ros.sim.instruction_swap import arm_errors
 from ki_vla_ros.sim.tasks import TASKS
 from ki_vla_ros.tokenize.fast import FastDecodeError
 from ki_vla_ros.train.checkpoint import list_checkpoints
@@ -107,15 +108,6 @@ def run_config(args, name: str) -> tuple[dict, str]:
     time = v.pop("time", "")
     cfg.update(v)
     return cfg, time
-
-
-def arm_errors(report: dict, arm: str) -> dict:
-    per = report["mae_per_action"]
-    other = "right" if arm == "left" else "left"
-    joints = [k for k in per if k.startswith(f"{arm}_") and not k.endswith("gripper")]
-    idle = [k for k in per if k.startswith(f"{other}_") and not k.endswith("gripper")]
-    return {"arm_mae_rad": float(np.mean([per[k] for k in joints])), "gripper_mae": per[f"{arm}_gripper"],
-            "idle_arm_mae_rad": float(np.mean([per[k] for k in idle]))}
 
 
 def measure(model_dir: Path, data: Path, stride: float, episodes: int = 0, policy_cls=Policy,

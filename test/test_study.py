@@ -39,6 +39,7 @@ def study_dict(tmp_path, **fields) -> dict:
     ({"model": {"preset": "tiny", "overrides": {"widht": 8}}}, "model.overrides"),
     ({"closed_loop": {"tasks": ["pick_green_left"]}}, "closed_loop.tasks"),
     ({"success_threshold": 0.0}, "success_threshold"),
+    ({"language": {"data": ["x"], "every": 0}}, "language.every"),
     ({"episodes": 1}, "episodes"),
 ])
 def test_config_errors_name_the_key(tmp_path, fields, key):
@@ -87,6 +88,8 @@ def test_table_and_plots_from_stored_results(tmp_path):
             s.add("ki", seed, step, "fast_canonical", closed(0.0, ms=300.0 + seed))
             s.add("ki", seed, step, "vqa", {"accuracy": 0.6 - 0.1 * seed})
             s.add("ki", seed, step, "offline", {"action_mse": 0.2, "fast_token_acc": 0.5})
+            s.add("ki", seed, step, "language", {"own_first_chunk_arm_mae_rad": 0.05 + 0.01 * seed,
+                                                 "colour_read": 0.75, "arm_read": 1.0 - 0.5 * seed})
     s.add("pi0", 0, 10, "expert_canonical", closed(0.5))  # partial: one seed, one step, held-out failed
     s.add("pi0", 0, 10, "expert_heldout", {"error": "ki-vla eval exited with 1"})
     table = write_report(out, 0.5, ["pi0", "ki", "joint"]).read_text()
@@ -96,16 +99,17 @@ def test_table_and_plots_from_stored_results(tmp_path):
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             rows[cells[0]] = cells
     ki = rows["`ki`"]
-    assert ki[1:9] == ["2", "20", "62% [50%, 75%]", "31% [25%, 38%]", "50% [50%, 50%]", "50% [50%, 50%]",
-                       "0.55 [0.60, 0.50]", "20, 20"]
-    assert ki[9:14] == ["110 [100, 120]", "0% [0%, 0%]", "300 [300, 301]", "40 [40, 40]", "0.200 [0.200, 0.200]"]
+    assert ki[1:12] == ["2", "20", "62% [50%, 75%]", "31% [25%, 38%]", "50% [50%, 50%]", "50% [50%, 50%]",
+                        "0.055 [0.050, 0.060]", "75% [75%, 75%]", "75% [100%, 50%]", "0.55 [0.60, 0.50]", "20, 20"]
+    assert ki[12:17] == ["110 [100, 120]", "0% [0%, 0%]", "300 [300, 301]", "40 [40, 40]", "0.200 [0.200, 0.200]"]
     pi0 = rows["`pi0`"]
-    assert pi0[1:9] == ["1", "10", "50%", "failed", "50%", "failed", "—", "10"]
+    assert pi0[1:12] == ["1", "10", "50%", "failed", "50%", "failed", "—", "—", "—", "—", "10"]
     assert "VQA acc (base 0.62)" in table and "`joint`" not in table
     assert table.index("| `pi0`") < table.index("| `ki`")  # the configured order
     curves = [line for line in table.split("## Over training")[1].splitlines() if line.startswith("| `ki` | 10")]
-    assert curves == ["| `ki` | 10 | 2 | 12% [25%, 0%] | 6% [12%, 0%] | 50% [50%, 50%] | 0% [0%, 0%] "
-                      "| 0.55 [0.60, 0.50] | 0.200 [0.200, 0.200] | 0.50 [0.50, 0.50] |"]
+    assert curves == ["| `ki` | 10 | 2 | 12% [25%, 0%] | 6% [12%, 0%] | 50% [50%, 50%] | 75% [75%, 75%] "
+                      "| 75% [100%, 50%] | 0% [0%, 0%] | 0.55 [0.60, 0.50] | 0.200 [0.200, 0.200] "
+                      "| 0.50 [0.50, 0.50] |"]
     for name in ("curves.png", "timing.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (out / "table.md").unlink()
@@ -163,7 +167,12 @@ def test_tiny_study_resumes_after_kills(tmp_path):
         tmp_path, base={"model_dir": str(tmp_path / "base"), "train_config": str(tmp_path / "base.yaml")},
         model={"preset": "tiny", "overrides": {"max_target_tokens": 96}}, recipes=["ki", "pi0_fast"], seeds=[0],
         closed_loop={"episodes": 1, "tasks": ["pick_red_left"], "heldout_instructions": HELDOUT},
-        vqa={"data": str(data["vlm"]), "limit": 4}, threads=1))
+        vqa={"data": str(data["vlm"]), "limit": 4}, language={"data": ["held-out episodes"]}, threads=1))
+    probed = []
+
+    def probe(model_dir):  # test double of the instruction-swap probe (test_sim_instruction_swap.py)
+        probed.append((Path(model_dir).parts[-4], int(Path(model_dir).name.removeprefix("step_"))))
+        return {"episodes": 8, "own_first_chunk_arm_mae_rad": 0.1, "colour_read": 1.0, "arm_read": 0.5}
     lines: list[str] = []
 
     def kill_in_training(msg):  # the first evaluation at step 6 is ki's: checkpoint 3 exists, 6 not yet
@@ -172,7 +181,7 @@ def test_tiny_study_resumes_after_kills(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        Study(cfg, EvalDouble(), log=kill_in_training).run()
+        Study(cfg, EvalDouble(), log=kill_in_training, probe=probe).run()
     ki = tmp_path / "study/runs/ki/seed0"
     assert [p.name for p in list_checkpoints(ki)] == ["step_000003"]
     assert (tmp_path / "base/model.yaml").is_file()
@@ -180,7 +189,7 @@ def test_tiny_study_resumes_after_kills(tmp_path):
     lines.clear()
     killed = EvalDouble(kill_at=2)
     with pytest.raises(KeyboardInterrupt):
-        Study(cfg, killed, log=lines.append).run()
+        Study(cfg, killed, log=lines.append, probe=probe).run()
     assert any("resumed from" in m and "step 3" in m for m in lines)
     store = ResultStore(tmp_path / "study/results.jsonl")
     assert {k for k in map(ResultStore.key, store.rows())} == {
@@ -188,20 +197,22 @@ def test_tiny_study_resumes_after_kills(tmp_path):
     final_ckpt = (ki / "checkpoints/step_000006/model.safetensors").stat().st_mtime_ns
 
     rest = EvalDouble()
-    Study(cfg, rest, log=lines.append).run()
+    Study(cfg, rest, log=lines.append, probe=probe).run()
     assert rest.calls == [("ki", 3, HELDOUT, ""), ("ki", 3, "", FAST_POLICY), ("ki", 6, "", ""),
                           ("ki", 6, HELDOUT, ""), ("ki", 6, "", FAST_POLICY), ("pi0_fast", 3, "", FAST_POLICY),
                           ("pi0_fast", 6, "", FAST_POLICY)]
     assert (ki / "checkpoints/step_000006/model.safetensors").stat().st_mtime_ns == final_ckpt  # not retrained
     assert sorted(p.name for p in (ki / "models").iterdir()) == ["step_000006"]  # step 3's folder removed
     lines_on_disk = [json.loads(x) for x in (tmp_path / "study/results.jsonl").read_text().splitlines()]
-    assert len(lines_on_disk) == len({ResultStore.key(r) for r in lines_on_disk}) == 4 + 3 + 5 + 1 + 2 * 3
+    assert len(lines_on_disk) == len({ResultStore.key(r) for r in lines_on_disk}) == 4 + 3 + 5 + 1 + 2 * 3 + 2
+    assert probed == [("ki", 3), ("ki", 6)]  # the flow expert's recipes only, once per evaluated step
     vqa = ResultStore(tmp_path / "study/results.jsonl").get("ki", 0, 6, "vqa")
     direct = evaluate_vqa(ki / "models/step_000006", data["vlm"], limit=4, threads=1)["overall"]
     assert (vqa["accuracy"], vqa["n"]) == (direct["accuracy"], 4)
     table = (tmp_path / "study/table.md").read_text()
-    assert "| `ki` | 1 | 6 | 100% | 100% | 100% | 100% |" in table and "| `pi0_fast` | 1 | 6 | — |" in table
+    assert "| `ki` | 1 | 6 | 100% | 100% | 100% | 100% | 0.100 | 100% | 50% |" in table
+    assert "| `pi0_fast` | 1 | 6 | — |" in table
     fast = ResultStore(tmp_path / "study/results.jsonl").get("pi0_fast", 0, 6, "fast_canonical")
     assert (fast["inference_ms_p50"], fast["chunks"], fast["holds"]) == (30.0, 9, 1)  # latency of published chunks
 
-    assert Study(cfg, EvalDouble(kill_at=1), log=lines.append).run() == tmp_path / "study/table.md"  # all done
+    assert Study(cfg, EvalDouble(kill_at=1), log=lines.append, probe=probe).run() == tmp_path / "study/table.md"

@@ -92,6 +92,19 @@ class VqaSection:
 
 
 @dataclass
+class LanguageSection:
+    """The instruction-swap probe (sim/instruction_swap.py) on held-out episodes: does the flow expert's
+    first chunk follow the words, or would the colour or arm swapped give the same chunk?"""
+
+    data: list[str] = field(default_factory=list)  # sim dataset folders not trained on ([]: no probe)
+    every: int = 1  # every k-th episode of each folder
+
+    def validate(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"every: must be >= 1, got {self.every}")
+
+
+@dataclass
 class StudyConfig:
     out: str  # the study folder: runs, results.jsonl, table.md, plots
     base: BaseSection
@@ -104,6 +117,7 @@ class StudyConfig:
     train_overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig keys over train_config
     closed_loop: ClosedLoopSection = field(default_factory=ClosedLoopSection)
     vqa: VqaSection = field(default_factory=VqaSection)
+    language: LanguageSection = field(default_factory=LanguageSection)
     success_threshold: float = 0.5  # "steps to reach" this closed-loop success rate (canonical phrasings)
     threads: int = 0  # torch threads for training and VQA scoring (0: torch's default)
 

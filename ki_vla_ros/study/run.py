@@ -110,6 +110,8 @@ def measures_for(recipe: str, cfg: StudyConfig) -> list[str]:
         out += ["expert_canonical"] + (["expert_heldout"] if c.heldout_instructions else [])
     if c.episodes and c.fast_policy and r.use_fast:
         out.append("fast_canonical")
+    if cfg.language.data and r.use_flow:
+        out.append("language")
     if cfg.vqa.data:
         out.append("vqa")
     return out
@@ -143,9 +145,12 @@ def _ms_per_step(run_dir: Path) -> float | None:
 
 
 class Study:
-    def __init__(self, cfg: StudyConfig, evaluate=None, log=print, retry_failed: bool = False):
+    def __init__(self, cfg: StudyConfig, evaluate=None, log=print, retry_failed: bool = False, probe=None):
+        """`evaluate` (closed loop, `ClosedLoopEval`) and `probe` (instruction swap, `Study.language`):
+        what measures a model folder; tests pass doubles."""
         self.cfg, self.log, self.retry_failed = cfg, log, retry_failed
         self.evaluate = evaluate if evaluate is not None else ClosedLoopEval(cfg.closed_loop)
+        self.probe = probe if probe is not None else self.language
         self.out = Path(cfg.out)
         self.store = ResultStore(self.out / "results.jsonl")
 
@@ -257,6 +262,18 @@ class Study:
                 "majority_baseline": o["majority_baseline"], "n": o["n"],
                 "per_kind": {k: r["accuracy"] for k, r in res["per_kind"].items()}}
 
+    def language(self, model_dir: Path) -> dict:
+        """The instruction-swap probe of the flow expert on `language.data`; `colour_read` / `arm_read`:
+        the share of episodes whose own words put the arm nearer the demonstration than the swapped
+        colour / arm did (0.5: the word is ignored)."""
+        from ki_vla_ros.runtime import Policy
+        from ki_vla_ros.sim.instruction_swap import instruction_swap
+
+        res = instruction_swap(Policy.load(model_dir), self.cfg.language.data, self.cfg.language.every)
+        n = res["episodes"]
+        return {**res, "colour_read": res["own_closer_than_colour_swapped"] / n,
+                "arm_read": res["own_closer_than_arm_swapped"] / n}
+
     def closed_loop(self, model_dir: Path, out_dir: Path, measure: str) -> dict:
         heldout = measure.endswith("heldout")
         policy_class = FAST_POLICY if measure.startswith("fast") else ""
@@ -274,6 +291,8 @@ class Study:
             return {k: float(v[i[-1]]) for k, v in offline.items() if k != "step"}
         if measure == "vqa":
             return self.vqa(model_dir)
+        if measure == "language":
+            return self.probe(model_dir)
         return self.closed_loop(model_dir, run_dir / "eval" / f"{step_name(step)}_{measure}", measure)
 
     def evaluate_run(self, recipe: str, seed: int) -> None:

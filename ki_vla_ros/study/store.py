@@ -10,6 +10,9 @@ a killed study keeps everything it finished and a rerun skips it. Measures:
   held-out phrasings: ``success_rate``, ``instruction_following_rate``, ``episodes``,
   ``inference_ms_p50`` (median over episodes of the node's per-episode median), ``holds``, ``per_task``;
 * ``fast_canonical`` — the same for FAST-token decoding as the policy (`runtime/fast_policy.py`);
+* ``language`` — the instruction-swap probe of the flow expert on held-out episodes
+  (`sim/instruction_swap.py`): ``episodes``, the first-chunk arm error with the own / colour-swapped /
+  arm-swapped words, ``colour_read`` and ``arm_read`` (share of episodes the own words did better);
 * ``vqa``      — VQA exact match of the backbone on the base's held-out questions (`train/vqa_eval.py`):
   ``accuracy``, ``mean_over_kinds``, ``majority_baseline``, ``n``, ``per_kind``.
 
@@ -23,7 +26,7 @@ import math
 import os
 from pathlib import Path
 
-MEASURES = ("train", "offline", "expert_canonical", "expert_heldout", "fast_canonical", "vqa")
+MEASURES = ("train", "offline", "expert_canonical", "expert_heldout", "fast_canonical", "language", "vqa")
 
 
 def _plain(v):
