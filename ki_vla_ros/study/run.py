@@ -248,7 +248,8 @@ class Study:
         values["seconds"] = round(time.perf_counter() - t0, 1)
         row = self.store.add(recipe, seed, step, measure, values)
         shown = {k: v for k, v in row.items() if k in ("success_rate", "instruction_following_rate", "accuracy",
-                                                         "action_mse", "ms_per_step", "error", "seconds")}
+                                                         "colour_read", "arm_read", "action_mse", "ms_per_step",
+                                                         "error", "seconds")}
         self.log(f"[study] {recipe} seed {seed} step {step} {measure}: {json.dumps(shown)}")
 
     def vqa(self, model_dir: Path) -> dict:
