@@ -44,6 +44,20 @@ class BackendError(RuntimeError):
     """A backend that cannot run with this model folder here; the message says why."""
 
 
+def _runtime(backend: str, package: str, precisions: tuple[str, ...], precision: str, elsewhere: str):
+    """The runtime package a backend needs (imported), once `precision` is one it runs; BackendError
+    naming what is missing or what to use instead (`elsewhere`) otherwise."""
+    import importlib
+
+    try:
+        module = importlib.import_module(package)
+    except ImportError as exc:
+        raise BackendError(f"backend '{backend}' needs the {package} package: {exc}") from None
+    if precision not in precisions:
+        raise BackendError(f"backend '{backend}' runs {', '.join(precisions)}, not {precision!r} ({elsewhere})")
+    return module
+
+
 class TorchBackend:
     name = "torch"
     precisions = ("fp32", "bf16", "fp16")
@@ -118,13 +132,8 @@ class OnnxRuntimeBackend:
                  precision: str = "fp32", profile_dir: Path | None = None):
         """`profile_dir`: record ONNX Runtime's per-node profile of every run there (`end_profiling`;
         benchmarks/latency.py --profile). Profiling slows each run: not for control."""
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise BackendError(f"backend 'onnxruntime' needs the onnxruntime package: {exc}") from None
-        if precision not in self.precisions:
-            raise BackendError(f"backend 'onnxruntime' runs {', '.join(self.precisions)}, not {precision!r} "
-                               f"(bf16 / fp16: backend torch or tensorrt)")
+        ort = _runtime("onnxruntime", "onnxruntime", self.precisions, precision,
+                       "bf16: backend openvino, torch or tensorrt; fp16: torch on a GPU or tensorrt")
         self.precision = precision
         self.spec = check_export(onnx_dir, weights_sha256, num_steps, precision)
         options = ort.SessionOptions()
@@ -174,13 +183,8 @@ class OpenVinoBackend:
 
     def __init__(self, onnx_dir: Path, weights_sha256: str, num_steps: int, threads: int | None = None,
                  precision: str = "fp32"):
-        try:
-            import openvino as ov
-        except ImportError as exc:
-            raise BackendError(f"backend 'openvino' needs the openvino package: {exc}") from None
-        if precision not in self.precisions:
-            raise BackendError(f"backend 'openvino' runs {', '.join(self.precisions)}, not {precision!r} "
-                               f"(int8: backend onnxruntime; fp16: torch on a GPU or tensorrt)")
+        ov = _runtime("openvino", "openvino", self.precisions, precision,
+                      "int8: backend onnxruntime; fp16: torch on a GPU or tensorrt")
         core = ov.Core()
         if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             raise BackendError("backend 'openvino': this CPU has no bf16 units (AVX512-BF16 or AMX); use fp32")
