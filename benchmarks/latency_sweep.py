@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=8.0, help="episode length, sim s [8]")
     ap.add_argument("--num-steps", type=int, default=0, help="flow steps [0: the model folder's]")
     ap.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime", "openvino"])
+    ap.add_argument("--precision", default="auto", help="fp32 | bf16 | int8: what the backend offers and the "
+                    "model folder records as checked (`ki-vla export --precision`) [auto: fp32]")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--without-rtc", action="store_true", help="no action prefix for the policy")
     ap.add_argument("--fixed-noise", action="store_true",
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     emb = load_embodiment(a.embodiment)
     policy = Policy.load(a.model, backend=a.backend, num_steps=a.num_steps or None, threads=a.threads or None,
-                         rng_seed=a.noise_seed)
+                         rng_seed=a.noise_seed, precision=a.precision)
     mapper = LayoutMapper(emb, policy)
     tasks = a.tasks.split(",")
     if a.trace:
