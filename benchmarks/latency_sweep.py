@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime", "openvino"])
     ap.add_argument("--precision", default="auto", help="fp32 | bf16 | int8: what the backend offers and the "
                     "model folder records as checked (`ki-vla export --precision`) [auto: fp32]")
+    ap.add_argument("--unchecked", action="store_true", help="also run a precision whose check failed or did not "
+                    "run: to measure what the check's bound means in closed loop (the node never does)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--without-rtc", action="store_true", help="no action prefix for the policy")
     ap.add_argument("--fixed-noise", action="store_true",
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     emb = load_embodiment(a.embodiment)
     policy = Policy.load(a.model, backend=a.backend, num_steps=a.num_steps or None, threads=a.threads or None,
-                         rng_seed=a.noise_seed, precision=a.precision)
+                         rng_seed=a.noise_seed, precision=a.precision, require_check=not a.unchecked)
     mapper = LayoutMapper(emb, policy)
     tasks = a.tasks.split(",")
     if a.trace:
