@@ -1,13 +1,8 @@
-"""Closed-loop success against control latency, in one process, without ROS and without timing noise.
-
-The policy node's chunk logic (``ChunkExecutor``: real-time-chunking prefix, latency
-compensation, velocity limits; the replan time of ``policy_node``) drives the simulated ALOHA
-through the sim's joint-trajectory followers (``SimCommand``), as ``ki-vla eval`` does over DDS;
-but here inference takes exactly ``--latency`` control steps of sim time, during which the arms go
-on executing the running chunk, and ``--camera-every`` k holds each camera frame for k steps (the
-eval's 25 Hz cameras). The observation time is the oldest stamp of what the policy saw
-(``observation_time``), as in the node. Figures therefore depend only on the model, the scene seeds
-and these two settings, and a sweep shows how much of the success a given latency costs:
+"""Closed-loop success against control latency, in one process, without ROS and without timing noise
+(the episode: ki_vla_ros/sim/fixed_latency.py, the node's chunk logic with inference taking exactly
+``--latency`` control steps of sim time and each camera frame held for ``--camera-every`` steps).
+Figures depend only on the model, the scene seeds and these two settings, and a sweep shows how
+much of the success a given latency costs:
 
     MUJOCO_GL=egl python benchmarks/latency_sweep.py --model models/aloha_pick4 --latency 0 1 2 3 4 \\
         --episodes 5 --out outputs/latency_sweep.json
@@ -32,83 +27,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ki_vla_ros.control.chunk import observation_time  # noqa: E402
-from ki_vla_ros.control.executor import ChunkExecutor, update_latency_estimate  # noqa: E402
 from ki_vla_ros.control.policy_loader import LayoutMapper  # noqa: E402
 from ki_vla_ros.embodiment import load_embodiment  # noqa: E402
 from ki_vla_ros.runtime import Policy  # noqa: E402
-from ki_vla_ros.runtime.types import Observation  # noqa: E402
-from ki_vla_ros.sim.aloha import JOINT_NAMES, AlohaSim  # noqa: E402
-from ki_vla_ros.sim.follower import SimCommand, Trajectory  # noqa: E402
+from ki_vla_ros.sim.fixed_latency import run_episode  # noqa: E402
 
 PICKS = ["pick_red_left", "pick_red_right", "pick_blue_left", "pick_blue_right"]
-
-
-def run_episode(policy, mapper, emb, task: str, seed: int, latency: int, camera_every: int,
-                duration: float, instruction: str, rtc: bool, fixed_noise: bool = False,
-                arrival: int = 0, trace_path: str = "", execute_steps: int = 0) -> dict:
-    dt = emb.dt
-    sim = AlohaSim(task, seed=seed, image_size=policy.config.image_size, cameras=tuple(mapper.camera_names))
-    executor = ChunkExecutor(emb)
-    command = SimCommand({o.topic: list(o.joints) for o in emb.outputs}, JOINT_NAMES, sim.last_action)
-    frames, frame_t = {}, 0.0
-    t, step, started, next_infer, chunks, lat_est = 0.0, 0, False, 0.0, 0, latency * dt
-    max_prefix = policy.max_action_prefix if rtc else 0
-    trace = {"t_obs": [], "elapsed": [], "first": [], "actions": [], "state": [], "cmd_t": [], "cmd": []}
-
-    def advance():
-        nonlocal t, step, frames, frame_t
-        if started:  # before the first command the sim holds still (its clock runs)
-            target = command.command(t + dt)
-            trace["cmd_t"].append(t + dt)
-            trace["cmd"].append(target)
-            sim.step(target, render=False)
-        t, step = round(t + dt, 9), step + 1
-        if step % camera_every == 0:
-            frames = {}
-
-    try:
-        while t < duration - 1e-9 and not sim.success():
-            if t + 1e-9 >= next_infer:
-                if not frames:
-                    frames, frame_t = {c: sim.render(c) for c in mapper.camera_names}, t
-                state = sim.joint_positions()
-                t_obs = observation_time([t, frame_t], t, 1.0)
-                prefix = executor.action_prefix(t_obs, lat_est, max_prefix) if max_prefix else None
-                extra = {} if prefix is None else {"action_prefix": mapper.actions_for_policy(prefix)}
-                out = policy.infer(Observation(images=frames, state=mapper.state_for_policy(state),
-                                               instruction=instruction, stamp=t_obs),
-                                   seed=seed if fixed_noise else None, **extra)
-                for _ in range(latency):  # the running chunk goes on while the next one is computed
-                    advance()
-                elapsed = t - t_obs
-                actions = mapper.actions_for_embodiment(out.actions)
-                plan = executor.make_plan(actions, state, elapsed, t)
-                # stamped with the publication time, as the node does; --arrival models a controller
-                # that starts it only when it arrives (header stamp 0 = "start now")
-                t_arrive = round(t + arrival * dt, 9)
-                for p in plan.outputs.values():
-                    wp = p.waypoints
-                    command.set_trajectory(p.output.topic, Trajectory(p.output.joints, wp.times, wp.positions,
-                                                                       wp.velocities, start_time=t_arrive), t)
-                executor.accept(plan)
-                for k, v in (("t_obs", t_obs), ("elapsed", elapsed), ("first", plan.first_index),
-                             ("actions", actions), ("state", state)):
-                    trace[k].append(v)
-                started, chunks = True, chunks + 1
-                lat_est = update_latency_estimate(lat_est, elapsed)
-                next_infer = executor.replan_time(plan, len(actions), t_obs, lat_est, execute_steps)
-                continue
-            advance()
-        prog = sim.progress()
-        if trace_path:
-            np.savez(trace_path, **{k: np.array(v) for k, v in trace.items()})
-        return {"task": task, "seed": seed, "latency_steps": latency,
-                "execute_steps": execute_steps or emb.execute_steps, "success": bool(sim.success()),
-                "instruction_followed": bool(sim.instruction_followed()), "sim_time_s": round(t, 3),
-                "chunks": chunks, **{k: round(float(v), 4) for k, v in prog.items()}}
-    finally:
-        sim.close()
 
 
 def main(argv: list[str] | None = None) -> int:

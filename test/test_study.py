@@ -40,6 +40,7 @@ def study_dict(tmp_path, **fields) -> dict:
     ({"closed_loop": {"tasks": ["pick_green_left"]}}, "closed_loop.tasks"),
     ({"success_threshold": 0.0}, "success_threshold"),
     ({"language": {"data": ["x"], "every": 0}}, "language.every"),
+    ({"fixed_latency": {"episodes": -1}}, "fixed_latency.episodes"),
     ({"episodes": 1}, "episodes"),
 ])
 def test_config_errors_name_the_key(tmp_path, fields, key):
@@ -88,6 +89,9 @@ def test_table_and_plots_from_stored_results(tmp_path):
             s.add("ki", seed, step, "fast_canonical", closed(0.0, ms=300.0 + seed))
             s.add("ki", seed, step, "vqa", {"accuracy": 0.6 - 0.1 * seed})
             s.add("ki", seed, step, "offline", {"action_mse": 0.2, "fast_token_acc": 0.5})
+            s.add("ki", seed, step, "sim_canonical", {"success_rate": early if step == 10 else 0.4 + 0.2 * seed,
+                                                      "instruction_following_rate": 0.9})
+            s.add("ki", seed, step, "sim_heldout", {"success_rate": 0.3, "instruction_following_rate": 0.8})
             s.add("ki", seed, step, "language", {"own_first_chunk_arm_mae_rad": 0.05 + 0.01 * seed,
                                                  "colour_read": 0.75, "arm_read": 1.0 - 0.5 * seed})
     s.add("pi0", 0, 10, "expert_canonical", closed(0.5))  # partial: one seed, one step, held-out failed
@@ -99,15 +103,18 @@ def test_table_and_plots_from_stored_results(tmp_path):
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             rows[cells[0]] = cells
     ki = rows["`ki`"]
-    assert ki[1:12] == ["2", "20", "62% [50%, 75%]", "31% [25%, 38%]", "50% [50%, 50%]", "50% [50%, 50%]",
-                        "0.055 [0.050, 0.060]", "75% [75%, 75%]", "75% [100%, 50%]", "0.55 [0.60, 0.50]", "20, 20"]
-    assert ki[12:17] == ["110 [100, 120]", "0% [0%, 0%]", "300 [300, 301]", "40 [40, 40]", "0.200 [0.200, 0.200]"]
+    assert ki[1:15] == ["2", "20", "62% [50%, 75%]", "31% [25%, 38%]", "50% [50%, 50%]", "50% [50%, 50%]",
+                        "50% [40%, 60%]", "30% [30%, 30%]", "90% [90%, 90%]",
+                        "0.055 [0.050, 0.060]", "75% [75%, 75%]", "75% [100%, 50%]", "0.55 [0.60, 0.50]",
+                        "—, 20"]  # steps to 50 %: in process where measured (seed 0: 25 % then 40 %)
+    assert ki[15:20] == ["110 [100, 120]", "0% [0%, 0%]", "300 [300, 301]", "40 [40, 40]", "0.200 [0.200, 0.200]"]
     pi0 = rows["`pi0`"]
-    assert pi0[1:12] == ["1", "10", "50%", "failed", "50%", "failed", "—", "—", "—", "—", "10"]
+    assert pi0[1:15] == ["1", "10", "50%", "failed", "50%", "failed", "—", "—", "—", "—", "—", "—", "—", "10"]
     assert "VQA acc (base 0.62)" in table and "`joint`" not in table
     assert table.index("| `pi0`") < table.index("| `ki`")  # the configured order
     curves = [line for line in table.split("## Over training")[1].splitlines() if line.startswith("| `ki` | 10")]
-    assert curves == ["| `ki` | 10 | 2 | 12% [25%, 0%] | 6% [12%, 0%] | 50% [50%, 50%] | 75% [75%, 75%] "
+    assert curves == ["| `ki` | 10 | 2 | 12% [25%, 0%] | 6% [12%, 0%] | 50% [50%, 50%] | 12% [25%, 0%] "
+                      "| 30% [30%, 30%] | 75% [75%, 75%] "
                       "| 75% [100%, 50%] | 0% [0%, 0%] | 0.55 [0.60, 0.50] | 0.200 [0.200, 0.200] "
                       "| 0.50 [0.50, 0.50] |"]
     for name in ("curves.png", "timing.png"):
@@ -167,8 +174,15 @@ def test_tiny_study_resumes_after_kills(tmp_path):
         tmp_path, base={"model_dir": str(tmp_path / "base"), "train_config": str(tmp_path / "base.yaml")},
         model={"preset": "tiny", "overrides": {"max_target_tokens": 96}}, recipes=["ki", "pi0_fast"], seeds=[0],
         closed_loop={"episodes": 1, "tasks": ["pick_red_left"], "heldout_instructions": HELDOUT},
-        vqa={"data": str(data["vlm"]), "limit": 4}, language={"data": ["held-out episodes"]}, threads=1))
+        vqa={"data": str(data["vlm"]), "limit": 4}, language={"data": ["held-out episodes"]},
+        fixed_latency={"episodes": 2}, threads=1))
     probed = []
+
+    simulated = []
+
+    def simulate(model_dir, heldout):  # test double of the in-process closed loop (test_sim_fixed_latency.py)
+        simulated.append((Path(model_dir).parts[-4], int(Path(model_dir).name.removeprefix("step_")), heldout))
+        return {"success_rate": 0.25, "instruction_following_rate": 0.5, "episodes": 8}
 
     def probe(model_dir):  # test double of the instruction-swap probe (test_sim_instruction_swap.py)
         probed.append((Path(model_dir).parts[-4], int(Path(model_dir).name.removeprefix("step_"))))
@@ -181,7 +195,7 @@ def test_tiny_study_resumes_after_kills(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        Study(cfg, EvalDouble(), log=kill_in_training, probe=probe).run()
+        Study(cfg, EvalDouble(), log=kill_in_training, probe=probe, simulate=simulate).run()
     ki = tmp_path / "study/runs/ki/seed0"
     assert [p.name for p in list_checkpoints(ki)] == ["step_000003"]
     assert (tmp_path / "base/model.yaml").is_file()
@@ -189,7 +203,7 @@ def test_tiny_study_resumes_after_kills(tmp_path):
     lines.clear()
     killed = EvalDouble(kill_at=2)
     with pytest.raises(KeyboardInterrupt):
-        Study(cfg, killed, log=lines.append, probe=probe).run()
+        Study(cfg, killed, log=lines.append, probe=probe, simulate=simulate).run()
     assert any("resumed from" in m and "step 3" in m for m in lines)
     store = ResultStore(tmp_path / "study/results.jsonl")
     assert {k for k in map(ResultStore.key, store.rows())} == {
@@ -197,22 +211,24 @@ def test_tiny_study_resumes_after_kills(tmp_path):
     final_ckpt = (ki / "checkpoints/step_000006/model.safetensors").stat().st_mtime_ns
 
     rest = EvalDouble()
-    Study(cfg, rest, log=lines.append, probe=probe).run()
+    Study(cfg, rest, log=lines.append, probe=probe, simulate=simulate).run()
     assert rest.calls == [("ki", 3, HELDOUT, ""), ("ki", 3, "", FAST_POLICY), ("ki", 6, "", ""),
                           ("ki", 6, HELDOUT, ""), ("ki", 6, "", FAST_POLICY), ("pi0_fast", 3, "", FAST_POLICY),
                           ("pi0_fast", 6, "", FAST_POLICY)]
     assert (ki / "checkpoints/step_000006/model.safetensors").stat().st_mtime_ns == final_ckpt  # not retrained
     assert sorted(p.name for p in (ki / "models").iterdir()) == ["step_000006"]  # step 3's folder removed
     lines_on_disk = [json.loads(x) for x in (tmp_path / "study/results.jsonl").read_text().splitlines()]
-    assert len(lines_on_disk) == len({ResultStore.key(r) for r in lines_on_disk}) == 4 + 3 + 5 + 1 + 2 * 3 + 2
+    assert len(lines_on_disk) == len({ResultStore.key(r) for r in lines_on_disk}) == 4 + 3 + 5 + 1 + 2 * 3 + 2 + 4
     assert probed == [("ki", 3), ("ki", 6)]  # the flow expert's recipes only, once per evaluated step
+    assert simulated == [("ki", 3, False), ("ki", 3, True), ("ki", 6, False), ("ki", 6, True)]
     vqa = ResultStore(tmp_path / "study/results.jsonl").get("ki", 0, 6, "vqa")
     direct = evaluate_vqa(ki / "models/step_000006", data["vlm"], limit=4, threads=1)["overall"]
     assert (vqa["accuracy"], vqa["n"]) == (direct["accuracy"], 4)
     table = (tmp_path / "study/table.md").read_text()
-    assert "| `ki` | 1 | 6 | 100% | 100% | 100% | 100% | 0.100 | 100% | 50% |" in table
+    assert "| `ki` | 1 | 6 | 100% | 100% | 100% | 100% | 25% | 25% | 50% | 0.100 | 100% | 50% |" in table
     assert "| `pi0_fast` | 1 | 6 | — |" in table
     fast = ResultStore(tmp_path / "study/results.jsonl").get("pi0_fast", 0, 6, "fast_canonical")
     assert (fast["inference_ms_p50"], fast["chunks"], fast["holds"]) == (30.0, 9, 1)  # latency of published chunks
 
-    assert Study(cfg, EvalDouble(kill_at=1), log=lines.append, probe=probe).run() == tmp_path / "study/table.md"
+    assert Study(cfg, EvalDouble(kill_at=1), log=lines.append, probe=probe,
+                 simulate=simulate).run() == tmp_path / "study/table.md"

@@ -92,6 +92,22 @@ class VqaSection:
 
 
 @dataclass
+class FixedLatencySection:
+    """The closed loop in one process at a fixed latency (sim/fixed_latency.py), on the closed loop's
+    tasks, scene seeds and held-out phrasings: many more episodes than real time affords, the same
+    for every run whatever the machine's load."""
+
+    episodes: int = 0  # per task and phrasing set (0: not measured)
+    latency_steps: int = 4  # inference time in control steps (4 = 80 ms, as the node measures here)
+    duration: float = 8.0  # sim seconds per episode
+
+    def validate(self) -> None:
+        if self.episodes < 0 or self.latency_steps < 0 or self.duration <= 0:
+            raise ValueError(f"episodes: episodes and latency_steps must be >= 0 and duration > 0, got "
+                             f"{self.episodes}, {self.latency_steps}, {self.duration}")
+
+
+@dataclass
 class LanguageSection:
     """The instruction-swap probe (sim/instruction_swap.py) on held-out episodes: does the flow expert's
     first chunk follow the words, or would the colour or arm swapped give the same chunk?"""
@@ -116,6 +132,7 @@ class StudyConfig:
     eval_steps: list[int] = field(default_factory=lambda: [250, 500, 1000])  # checkpoints evaluated; last = steps
     train_overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig keys over train_config
     closed_loop: ClosedLoopSection = field(default_factory=ClosedLoopSection)
+    fixed_latency: FixedLatencySection = field(default_factory=FixedLatencySection)
     vqa: VqaSection = field(default_factory=VqaSection)
     language: LanguageSection = field(default_factory=LanguageSection)
     success_threshold: float = 0.5  # "steps to reach" this closed-loop success rate (canonical phrasings)

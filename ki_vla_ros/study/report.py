@@ -1,14 +1,16 @@
 """The study's table and plots, from whatever `<out>/results.jsonl` holds (`store.py`).
 
 `<out>/table.md`: (1) one row per recipe at its last evaluated step: closed-loop success and
-instruction following with canonical and held-out phrasings, the instruction-swap probe (the flow
+instruction following with canonical and held-out phrasings (`ki-vla eval` at real speed, and in
+one process at a fixed 80 ms with more episodes), the instruction-swap probe (the flow
 expert's first-chunk error with its own words, and how often the colour / arm word was read),
 VQA accuracy (beside the base's),
 steps to reach the success threshold, wall time per training step, FAST-token decoding's success
 and chunk latency beside the flow expert's, the held-out action MSE; (2) the curves: every
 recipe at every evaluated step. A cell is the mean over the seeds measured there, the seeds'
 own values in brackets; "—" where nothing was measured, "failed" where every seed's measurement
-failed. `<out>/curves.png` (success, held-out success, FAST success, VQA, words read against the step) and
+failed. `<out>/curves.png` (in-process success with canonical and held-out phrasings, FAST success, VQA,
+words read against the step) and
 `<out>/timing.png` (ms per training step; chunk latency of the expert and of FAST decoding).
 """
 
@@ -54,10 +56,11 @@ class Results:
         return float(np.mean(vals)) if vals else None
 
     def steps_to(self, recipe: str, seed, threshold: float) -> int | None:
-        """First evaluated step whose canonical closed-loop success (flow expert; FAST decoding for
-        recipes without an expert) reaches `threshold`."""
+        """First evaluated step whose canonical closed-loop success reaches `threshold`: the flow
+        expert in process at a fixed latency where measured (most episodes), else at real speed;
+        FAST decoding for recipes without an expert."""
         for step in self.steps(recipe):
-            for m in ("expert_canonical", "fast_canonical"):
+            for m in ("sim_canonical", "expert_canonical", "fast_canonical"):
                 v = self.value(recipe, seed, step, m, "success_rate")
                 if v is not None:
                     if v != "failed" and v >= threshold:
@@ -92,17 +95,19 @@ def cell(per_seed: dict, fmt: str = ".0%") -> str:
 
 
 # (measurement, metric, format) per table column, after the recipe / seeds / step columns
+SIM_COLUMNS = [("sim_canonical", "success_rate", ".0%"), ("sim_heldout", "success_rate", ".0%"),
+               ("sim_canonical", "instruction_following_rate", ".0%")]
 LANGUAGE_COLUMNS = [("language", "own_first_chunk_arm_mae_rad", ".3f"), ("language", "colour_read", ".0%"),
                     ("language", "arm_read", ".0%")]
 SUMMARY_COLUMNS = [("expert_canonical", "success_rate", ".0%"), ("expert_heldout", "success_rate", ".0%"),
                    ("expert_canonical", "instruction_following_rate", ".0%"),
-                   ("expert_heldout", "instruction_following_rate", ".0%"), *LANGUAGE_COLUMNS,
+                   ("expert_heldout", "instruction_following_rate", ".0%"), *SIM_COLUMNS, *LANGUAGE_COLUMNS,
                    ("vqa", "accuracy", ".2f"),
                    # (steps to the threshold and ms / step come between these)
                    ("fast_canonical", "success_rate", ".0%"), ("fast_canonical", "inference_ms_p50", ".0f"),
                    ("expert_canonical", "inference_ms_p50", ".0f"), ("offline", "action_mse", ".3f")]
 CURVE_COLUMNS = [("expert_canonical", "success_rate", ".0%"), ("expert_heldout", "success_rate", ".0%"),
-                 ("expert_canonical", "instruction_following_rate", ".0%"), *LANGUAGE_COLUMNS[1:],
+                 ("expert_canonical", "instruction_following_rate", ".0%"), *SIM_COLUMNS[:2], *LANGUAGE_COLUMNS[1:],
                  ("fast_canonical", "success_rate", ".0%"),
                  ("vqa", "accuracy", ".2f"), ("offline", "action_mse", ".3f"), ("offline", "fast_token_acc", ".2f")]
 
@@ -113,7 +118,8 @@ def _cells(res: Results, recipe: str, step: int, columns) -> list[str]:
 
 def summary_table(res: Results, threshold: float) -> str:
     head = ["recipe", "seeds", "step", "success", "success held-out", "followed", "followed held-out",
-            "first chunk err (rad)", "colour read", "arm read",
+            "success 80 ms", "success 80 ms held-out", "followed 80 ms", "first chunk err (rad)", "colour read",
+            "arm read",
             "VQA acc" + (f" (base {res.base_vqa:.2f})" if res.base_vqa is not None else ""),
             f"steps to {threshold:.0%}", "ms / step", "FAST success", "FAST chunk ms", "expert chunk ms",
             "action MSE"]
@@ -126,16 +132,17 @@ def summary_table(res: Results, threshold: float) -> str:
         reached = [res.steps_to(r, s, threshold) for s in seeds]
         lines.append("| " + " | ".join([
             f"`{r}`", str(len(seeds)), str(last),
-            *_cells(res, r, last, SUMMARY_COLUMNS[:8]),
+            *_cells(res, r, last, SUMMARY_COLUMNS[:11]),
             ", ".join("—" if x is None else str(x) for x in reached),
             cell(res.train_ms(r), ".0f"),
-            *_cells(res, r, last, SUMMARY_COLUMNS[8:]),
+            *_cells(res, r, last, SUMMARY_COLUMNS[11:]),
         ]) + " |")
     return "\n".join(lines)
 
 
 def curves_table(res: Results) -> str:
-    head = ["recipe", "step", "seeds", "success", "success held-out", "followed", "colour read", "arm read",
+    head = ["recipe", "step", "seeds", "success", "success held-out", "followed", "success 80 ms",
+            "success 80 ms held-out", "colour read", "arm read",
             "FAST success", "VQA acc", "action MSE", "FAST token acc"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in res.recipes:
@@ -160,8 +167,8 @@ def plot_study(res: Results, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     colours = {r: plt.get_cmap("tab10")(i % 10) for i, r in enumerate(res.recipes)}
-    panels = (("expert_canonical", "success_rate", "closed-loop success (canonical)"),
-              ("expert_heldout", "success_rate", "closed-loop success (held-out phrasings)"),
+    panels = (("sim_canonical", "success_rate", "closed-loop success at 80 ms, in process (canonical)"),
+              ("sim_heldout", "success_rate", "closed-loop success at 80 ms, in process (held-out phrasings)"),
               ("language", "colour_read", "colour word read (instruction swap; 0.5 = ignored)"),
               ("fast_canonical", "success_rate", "FAST decoding as the policy: success"),
               ("vqa", "accuracy", "VQA accuracy (base's held-out questions)"),

@@ -110,6 +110,8 @@ def measures_for(recipe: str, cfg: StudyConfig) -> list[str]:
         out += ["expert_canonical"] + (["expert_heldout"] if c.heldout_instructions else [])
     if c.episodes and c.fast_policy and r.use_fast:
         out.append("fast_canonical")
+    if cfg.fixed_latency.episodes and r.use_flow:
+        out += ["sim_canonical"] + (["sim_heldout"] if c.heldout_instructions else [])
     if cfg.language.data and r.use_flow:
         out.append("language")
     if cfg.vqa.data:
@@ -145,12 +147,15 @@ def _ms_per_step(run_dir: Path) -> float | None:
 
 
 class Study:
-    def __init__(self, cfg: StudyConfig, evaluate=None, log=print, retry_failed: bool = False, probe=None):
-        """`evaluate` (closed loop, `ClosedLoopEval`) and `probe` (instruction swap, `Study.language`):
-        what measures a model folder; tests pass doubles."""
+    def __init__(self, cfg: StudyConfig, evaluate=None, log=print, retry_failed: bool = False, probe=None,
+                 simulate=None):
+        """`evaluate` (closed loop, `ClosedLoopEval`), `probe` (instruction swap, `Study.language`) and
+        `simulate` (closed loop at a fixed latency, `Study.fixed_latency`): what measures a model
+        folder; tests pass doubles."""
         self.cfg, self.log, self.retry_failed = cfg, log, retry_failed
         self.evaluate = evaluate if evaluate is not None else ClosedLoopEval(cfg.closed_loop)
         self.probe = probe if probe is not None else self.language
+        self.simulate = simulate if simulate is not None else self.fixed_latency
         self.out = Path(cfg.out)
         self.store = ResultStore(self.out / "results.jsonl")
 
@@ -275,6 +280,20 @@ class Study:
         return {**res, "colour_read": res["own_closer_than_colour_swapped"] / n,
                 "arm_read": res["own_closer_than_arm_swapped"] / n}
 
+    def fixed_latency(self, model_dir: Path, heldout: bool) -> dict:
+        """The flow policy (ONNX Runtime, fp32, as `ki-vla eval` runs it) in one process at a fixed
+        latency on the closed loop's tasks and scene seeds, canonical or held-out phrasings."""
+        from ki_vla_ros.export.cli import ensure_export
+        from ki_vla_ros.runtime import Policy
+        from ki_vla_ros.sim.fixed_latency import evaluate_fixed_latency
+
+        c, f = self.cfg.closed_loop, self.cfg.fixed_latency
+        ensure_export(model_dir)
+        policy = Policy.load(model_dir, backend="onnxruntime", threads=c.threads or None)
+        said = json.loads(Path(c.heldout_instructions).read_text()) if heldout else None
+        return evaluate_fixed_latency(policy, list(c.tasks), f.episodes, c.first_seed, f.latency_steps, said,
+                                      f.duration)
+
     def closed_loop(self, model_dir: Path, out_dir: Path, measure: str) -> dict:
         heldout = measure.endswith("heldout")
         policy_class = FAST_POLICY if measure.startswith("fast") else ""
@@ -294,6 +313,8 @@ class Study:
             return self.vqa(model_dir)
         if measure == "language":
             return self.probe(model_dir)
+        if measure.startswith("sim_"):
+            return self.simulate(model_dir, measure == "sim_heldout")
         return self.closed_loop(model_dir, run_dir / "eval" / f"{step_name(step)}_{measure}", measure)
 
     def evaluate_run(self, recipe: str, seed: int) -> None:

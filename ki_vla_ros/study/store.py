@@ -10,6 +10,9 @@ a killed study keeps everything it finished and a rerun skips it. Measures:
   held-out phrasings: ``success_rate``, ``instruction_following_rate``, ``episodes``,
   ``inference_ms_p50`` (median over episodes of the node's per-episode median), ``holds``, ``per_task``;
 * ``fast_canonical`` — the same for FAST-token decoding as the policy (`runtime/fast_policy.py`);
+* ``sim_canonical`` / ``sim_heldout`` — the flow policy's closed loop in one process at a fixed latency
+  (`sim/fixed_latency.py`), the same tasks, scenes and phrasings: ``success_rate``,
+  ``instruction_following_rate``, ``episodes``, ``per_task``;
 * ``language`` — the instruction-swap probe of the flow expert on held-out episodes
   (`sim/instruction_swap.py`): ``episodes``, the first-chunk arm error with the own / colour-swapped /
   arm-swapped words, ``colour_read`` and ``arm_read`` (share of episodes the own words did better);
@@ -26,7 +29,8 @@ import math
 import os
 from pathlib import Path
 
-MEASURES = ("train", "offline", "expert_canonical", "expert_heldout", "fast_canonical", "language", "vqa")
+MEASURES = ("train", "offline", "expert_canonical", "expert_heldout", "fast_canonical", "sim_canonical",
+            "sim_heldout", "language", "vqa")
 
 
 def _plain(v):
