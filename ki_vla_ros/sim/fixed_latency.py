@@ -64,7 +64,7 @@ def run_episode(policy, mapper, emb, task: str, seed: int, latency: int, camera_
                 elapsed = t - t_obs
                 actions = mapper.actions_for_embodiment(out.actions)
                 plan = executor.make_plan(actions, state, elapsed, t)
-                # stamped with the publication time, as the node does; --arrival models a controller
+                # stamped with the publication time, as the node does; `arrival` models a controller
                 # that starts it only when it arrives (header stamp 0 = "start now")
                 t_arrive = round(t + arrival * dt, 9)
                 for p in plan.outputs.values():
