@@ -7,7 +7,9 @@ The tiny study's closed-loop evaluator is `EvalDouble` below, a test double at t
 call); everything else — base, training, resume, checkpoint export, VQA scoring — is the product's.
 """
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -232,3 +234,14 @@ def test_tiny_study_resumes_after_kills(tmp_path):
 
     assert Study(cfg, EvalDouble(kill_at=1), log=lines.append, probe=probe,
                  simulate=simulate).run() == tmp_path / "study/table.md"
+
+    # the results record alone (a fresh clone with the committed docs/recipe_study/results.jsonl): every
+    # run is complete, so nothing is trained or measured and no run folder is made
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copyfile(tmp_path / "study/results.jsonl", moved / "results.jsonl")
+    lines.clear()
+    assert Study(dataclasses.replace(cfg, out=str(moved)), EvalDouble(kill_at=1), log=lines.append,
+                 probe=probe, simulate=simulate).run() == moved / "table.md"
+    assert lines == [] and not (moved / "runs").exists()
+    assert (moved / "table.md").read_text().replace(str(moved), str(tmp_path / "study")) == table

@@ -349,6 +349,12 @@ class Study:
                 shutil.rmtree(p)
 
     # ---- the study ---------------------------------------------------------------------------------
+    def complete(self, recipe: str, seed: int) -> bool:
+        """Every measurement of the run is stored: nothing to train or measure, even with no run folder."""
+        done = partial(self.store.done, recipe, seed, retry_failed=self.retry_failed)
+        return done(self.cfg.steps, "train") and all(done(step, m) for step in self.cfg.eval_steps
+                                                      for m in measures_for(recipe, self.cfg))
+
     def run(self) -> Path:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
@@ -361,6 +367,8 @@ class Study:
             self._record("base", None, 0, "vqa", lambda: self.vqa(base))
         for seed in cfg.seeds:
             for recipe in cfg.recipes:
+                if self.complete(recipe, seed):  # e.g. a results record carried from another machine
+                    continue
                 self.train(self.train_config(recipe, seed))
                 self.prune(recipe, seed)
                 self.evaluate_run(recipe, seed)
