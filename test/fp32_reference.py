@@ -55,7 +55,7 @@ def reference_outputs(model: KIVLA, b) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         k, v, pm = model.prefix_cache(*pargs)
-        out.update(k=k, v=v)
+        out.update(k=k, v=v, prefix_mask=pm)
         out["velocity"] = model.expert_velocity(k, v, pm, b["noise"], torch.tensor([1.0, 0.3]))
         out["actions"] = model.sample_actions(*pargs, b["noise"], num_steps=STEPS)
         out["actions_prefix"] = model.sample_actions(*pargs, b["noise"], num_steps=STEPS, action_prefix=prefix,

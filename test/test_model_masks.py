@@ -93,3 +93,31 @@ def test_missing_view_and_padding_are_invisible():
     valid = batch["token_kind"] != PAD
     torch.testing.assert_close(logits[valid], logits2[valid], rtol=0, atol=1e-6)
     torch.testing.assert_close(v, v2, rtol=0, atol=1e-6)
+
+
+def test_prefix_pass_with_one_mask_row_matches_the_full_mask():
+    """The cached prefix runs with one mask row for every query (`prefix_attention_row`): on the PREFIX
+    rows it is `attention_mask`, and K/V at the valid positions and the sampled actions are those of
+    the full mask; a PAD token's K/V differ (it now sees the prefix) but reach nothing."""
+    from ki_vla_ros.model.kivla import token_positions
+    from ki_vla_ros.model.masks import prefix_attention_row
+
+    model, batch = _setup()
+    kind = torch.where(batch["token_kind"] == PREFIX, PREFIX, PAD)
+    tokens = torch.where(kind == PREFIX, batch["tokens"], 0)
+    with torch.no_grad():
+        emb, kinds = model.embed_prefix(batch["images"], batch["image_mask"], tokens, kind, batch["state"])
+        assert (kinds == PAD).any(axis=1).all()  # every example has padding (a missing view or text padding)
+        full = attention_mask(kinds)
+        row = prefix_attention_row(kinds)
+        prefix_rows = kinds == PREFIX
+        assert torch.equal(row.expand_as(full)[prefix_rows], full[prefix_rows])
+        pos = token_positions(kinds)
+        k_full, v_full = model.transformer.prefix_kv(emb, pos, full)
+        k_row, v_row = model.transformer.prefix_kv(emb, pos, row)
+        torch.testing.assert_close(k_row[:, prefix_rows], k_full[:, prefix_rows], rtol=0, atol=1e-6)
+        torch.testing.assert_close(v_row[:, prefix_rows], v_full[:, prefix_rows], rtol=0, atol=1e-6)
+        assert not torch.allclose(v_row[:, ~prefix_rows], v_full[:, ~prefix_rows])  # PAD rows did change
+        a_row = model.flow_from_cache(k_row, v_row, prefix_rows, batch["noise"], 3)
+        a_full = model.flow_from_cache(k_full, v_full, prefix_rows, batch["noise"], 3)
+    torch.testing.assert_close(a_row, a_full, rtol=0, atol=1e-5)

@@ -43,11 +43,21 @@ def rope(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
     return apply_rope(x, *rope_tables(positions, x.shape[-1], base))
 
 
+def product_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the attention's products run in for activations like x: autocast's on x's device
+    when it is on (x itself stays fp32 there), else x's. A bias in that dtype is not converted again
+    by every attention call (at peer dims in training, 63 MB per layer, forward and backward)."""
+    return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+
+
 def attention_bias(allowed: torch.Tensor, group: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """allowed [B, N, M] bool -> additive bias [B, 1, N·group, M] (0 allowed, NEG_INF not), one row per
-    (query token, query head of a KV group) in `attend`'s order. group = num_heads / num_kv_heads."""
+    (query token, query head of a KV group) in `attend`'s order. group = num_heads / num_kv_heads.
+    One row (N = 1) gives [B, 1, 1, M]: it broadcasts over every query row."""
     b, n, m = allowed.shape
     bias = torch.where(allowed, 0.0, NEG_INF).to(dtype)  # [B, N, M]
+    if n == 1:
+        return bias[:, None]
     return bias[:, None, :, None, :].expand(b, 1, n, group, m).reshape(b, 1, n * group, m)
 
 
@@ -57,7 +67,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     any bias that broadcasts to [B, 1, N·G, M], e.g. one row [B, 1, 1, M] when all rows are alike).
 
     Query rows in (token, head) order, so that with one KV head (Gemma) every reshape is free: the
-    ONNX graph has no transposes of activations. Runs in q's dtype (softmax accumulates in fp32)."""
+    ONNX graph has no transposes of activations. Runs in q's dtype (softmax accumulates in fp32).
+    An export writes softmax(q·hd^-0.5 Kᵀ + bias) V itself instead of torch's opset-18 form of the
+    fused kernel (which scales q and Kᵀ by hd^-0.25 each and transposes K as its own node): OpenVINO
+    then folds the transpose into the product, and the flow loop no longer rescales and transposes
+    every cached key at every Euler step (`small` flow loop in bf16: 14.7 → 13.4 ms, docs/runtime.md)."""
     b, n, h, hd = q.shape
     m, kv = k.shape[1], k.shape[2]
     g = h // kv
@@ -68,7 +82,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     else:
         q = q.reshape(b, n, kv, g, hd).transpose(1, 2).reshape(b, kv, n * g, hd)  # [B, K, N·G, hd]
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, K, M, hd]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, K, N·G, hd], scale hd^-0.5
+    if torch.onnx.is_in_onnx_export():  # the same product, written so that the runtimes fuse it (below)
+        out = torch.matmul(torch.softmax(torch.matmul(q * hd**-0.5, k.transpose(-1, -2)) + mask, -1), v)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, K, N·G, hd], scale hd^-0.5
     if kv > 1:
         out = out.reshape(b, kv, n, g, hd).transpose(1, 2)
     return out.reshape(b, n, h * hd)

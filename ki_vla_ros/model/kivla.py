@@ -38,7 +38,7 @@ from ki_vla_ros.model.attention import attention_bias, rope_tables
 from ki_vla_ros.model.batch import Batch
 from ki_vla_ros.model.config import ModelConfig
 from ki_vla_ros.model.layers import Modulation, TokenCond
-from ki_vla_ros.model.masks import ACTION, FAST, PAD, PREFIX, TEXT, attention_mask
+from ki_vla_ros.model.masks import ACTION, FAST, PAD, PREFIX, TEXT, attention_mask, prefix_attention_row
 from ki_vla_ros.model.rtc import prefix_tokens
 from ki_vla_ros.model.transformer import MixtureTransformer
 from ki_vla_ros.model.vision import VisionTower
@@ -168,8 +168,9 @@ class KIVLA(nn.Module):
         n_prefix = (kinds == PREFIX).sum(-1, keepdim=True)
         return n_prefix + torch.arange(horizon, device=kinds.device)
 
-    def _joint(self, emb_b, kinds_b, x_t, t, clean=None):
-        """Full forward over backbone tokens and (optionally) actions. -> (h_b, velocity | None).
+    def _joint(self, emb_b, kinds_b, x_t, t, clean=None, rows_b=None):
+        """Full forward over backbone tokens and (optionally) actions. -> (h_b, velocity | None);
+        rows_b [B, R]: h_b of those backbone rows only (`MixtureTransformer.forward`).
 
         x_t [B, H, D] with t [B] (clean [B, H] | None); or K flow draws per example: x_t [B, K, H, D]
         with t [B, K] (clean [B, H] | None, the same prefix in every draw) -> velocity [B, K, H, D].
@@ -179,7 +180,7 @@ class KIVLA(nn.Module):
         pos_b = token_positions(kinds_b)
         if x_t is None:
             h_b, _ = self.transformer(
-                emb_b, pos_b, None, None, None, attention_mask(kinds_b), self.config.insulate
+                emb_b, pos_b, None, None, None, attention_mask(kinds_b), self.config.insulate, rows_b
             )
             return h_b, None
         draws = x_t.shape[1] if x_t.dim() == 4 else 0
@@ -202,6 +203,7 @@ class KIVLA(nn.Module):
             cond,
             attention_mask(kinds, action_block=h if draws else 0),
             self.config.insulate,
+            rows_b,
         )
         v = self.action_out_proj(h_a)  # the head's output: velocity or clean sample (`config.flow_output`)
         return h_b, (v.unflatten(1, (draws, h)) if draws else v)
@@ -259,13 +261,16 @@ class KIVLA(nn.Module):
                 clean = prefix_tokens(batch["prefix_len"], actions.shape[-2])  # [B, H]
                 clean_x = clean[:, None, :, None] if k > 1 else clean[..., None]
                 x_t = torch.where(clean_x, actions, x_t)
-        h_b, v_t = self._joint(emb_b, kinds_b, x_t, t, clean)
-
-        # token cross-entropy: the logit at j-1 predicts token j
-        h_txt = h_b[:, -tokens.shape[1] :]  # [B, L, W]
+        # token cross-entropy: the logit at j-1 predicts token j; the backbone's last layer runs for
+        # those rows only (each example's in order, then padding rows up to the batch's most)
         tgt_kind = kind[:, 1:]
         sel = loss_mask[:, 1:] & ((tgt_kind == TEXT) | (tgt_kind == FAST))  # [B, L-1]
-        logits = self.lm_head(h_txt[:, :-1][sel]).float()  # [M, vocab]
+        counts = sel.sum(1)
+        wanted = torch.argsort((~sel).to(torch.int8), dim=1, stable=True)[:, : max(int(counts.max()), 1)]
+        rows_b = wanted + (emb_b.shape[1] - tokens.shape[1])  # [B, R]: rows of the joint backbone sequence
+        h_b, v_t = self._joint(emb_b, kinds_b, x_t, t, clean, rows_b)
+        real = torch.arange(wanted.shape[1], device=sel.device) < counts[:, None]  # [B, R]: not padding
+        logits = self.lm_head(h_b[real]).float()  # [M, vocab], in the order of [sel]
         ce = F.cross_entropy(logits, tokens[:, 1:][sel], reduction="none")  # [M]
         is_fast = (tgt_kind[sel] == FAST).float()
         is_text = 1.0 - is_fast
@@ -302,7 +307,7 @@ class KIVLA(nn.Module):
         -> k, v [depth, B, Lp, kv_heads, head_dim], prefix_mask [B, Lp] bool (Lp = V·P (+1) + Lt)."""
         kind = torch.where(token_mask, PREFIX, PAD)
         emb, kinds = self.embed_prefix(images, image_mask, tokens, kind, state)
-        k, v = self.transformer.prefix_kv(emb, token_positions(kinds), attention_mask(kinds))
+        k, v = self.transformer.prefix_kv(emb, token_positions(kinds), prefix_attention_row(kinds))
         return k, v, kinds == PREFIX
 
     def expert_context(self, prefix_mask: torch.Tensor, horizon: int,

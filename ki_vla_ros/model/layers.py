@@ -197,8 +197,12 @@ class Block(nn.Module):
         k = apply_rope(self.k_proj(h).view(b, n, kv, hd), *rope)
         return q, k, self.v_proj(h).view(b, n, kv, hd), gate
 
-    def finish(self, x: torch.Tensor, attn: torch.Tensor, gate, cond) -> torch.Tensor:
-        # x [B, N, W], attn [B, N, H*hd], cond as in `qkv` (or the MLP norm's `Modulation`) -> [B, N, W]
+    def finish(self, x: torch.Tensor, attn: torch.Tensor, gate, cond, rows: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        # x [B, N, W], attn [B, N, H*hd], cond as in `qkv` (or the MLP norm's `Modulation`) -> [B, N, W];
+        # rows [B, R] (long): attn holds those rows of x only, and so does the output [B, R, W]
+        if rows is not None:
+            x = x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1]))
         x = gated_residual(x, self.o_proj(attn), gate)
         h, gate = self.mlp_norm(x, cond)
         return gated_residual(x, self.mlp(h), gate)

@@ -46,3 +46,13 @@ def attention_mask(kinds: torch.Tensor, action_block: int = 0) -> torch.Tensor:
         sees_actions = sees_actions & (block[:, :, None] == block[:, None, :])
     pad_self = (q == PAD) & (idx[None, :] == idx[:, None])
     return sees_prefix | sees_targets | sees_actions | pad_self
+
+
+def prefix_attention_row(kinds: torch.Tensor) -> torch.Tensor:
+    """The mask of a pass over the prefix alone (kinds PREFIX / PAD, the cached prefix at run time) as
+    ONE row for every query: kinds [B, N] -> allowed [B, 1, N], True at the PREFIX keys. Every PREFIX
+    query of `attention_mask` sees exactly these keys; a PAD query is given the same row instead of
+    only itself, which changes nothing that is read: no query of any kind ever sees a PAD key, so a PAD
+    token's keys and values never reach a valid token. One row is N times less mask to build and read
+    (at 636 prefix tokens and 8 query heads the full bias was 13 MB, read by every layer)."""
+    return (kinds == PREFIX)[:, None, :]

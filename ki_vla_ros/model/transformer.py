@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ki_vla_ros.model.attention import attend, attention_bias, rope_tables, shared_attention
+from ki_vla_ros.model.attention import attend, attention_bias, product_dtype, rope_tables, shared_attention
 from ki_vla_ros.model.config import ModelConfig
 from ki_vla_ros.model.layers import AdaRMSNorm, Block, Modulation, RMSNorm, TokenCond
 
@@ -48,24 +48,33 @@ class MixtureTransformer(nn.Module):
         cond: torch.Tensor | TokenCond | None,
         allowed: torch.Tensor,
         insulate: bool,
+        rows_b: torch.Tensor | None = None,
     ):
         """Joint pass. x_b [B, Nb, W], pos_b [B, Nb]; x_a [B, Na, We] | None, pos_a [B, Na], cond [B, We]
-        (or a per-token `TokenCond`); allowed [B, Nb+Na, Nb+Na].
-        Returns final-normed (h_b [B, Nb, W], h_a [B, Na, We] | None)."""
+        (or a per-token `TokenCond`); allowed [B, Nb+Na, Nb+Na]. rows_b [B, R] (long): the backbone
+        rows whose output is wanted (training: the ones a target's logit is read from); the last
+        layer then runs its attention output, o-projection and MLP for those rows only (its keys and
+        values, which the expert reads, still come from every row).
+        Returns final-normed (h_b [B, Nb | R, W], h_a [B, Na, We] | None)."""
         c, nb = self.cfg, x_b.shape[1]
         rope_b = rope_tables(pos_b, c.head_dim, c.rope_base)
-        masks = (attention_bias(allowed[:, :nb, :nb], self.group, x_b.dtype), None)
+        masks = (attention_bias(allowed[:, :nb, :nb], self.group, product_dtype(x_b)), None)
         rope_a = None
         if x_a is not None:
-            masks = (masks[0], attention_bias(allowed[:, nb:], self.group, x_a.dtype))
+            masks = (masks[0], attention_bias(allowed[:, nb:], self.group, product_dtype(x_a)))
             rope_a = rope_tables(pos_a, c.head_dim, c.rope_base)
-        for lb, la in zip(self.backbone, self.expert, strict=True):
+        for i, (lb, la) in enumerate(zip(self.backbone, self.expert, strict=True)):
             q_b, k_b, v_b, g_b = lb.qkv(x_b, None, rope_b)
+            rows = rows_b if i + 1 == len(self.backbone) else None  # the last layer: wanted rows only
+            if rows is not None:
+                q_b = q_b.gather(1, rows[..., None, None].expand(-1, -1, *q_b.shape[2:]))
+                rows_allowed = allowed[:, :nb, :nb].gather(1, rows[..., None].expand(-1, -1, nb))
+                masks = (attention_bias(rows_allowed, self.group, product_dtype(x_b)), masks[1])
             q_a = k_a = v_a = g_a = None
             if x_a is not None:
                 q_a, k_a, v_a, g_a = la.qkv(x_a, cond, rope_a)
             o_b, o_a = shared_attention(q_b, k_b, v_b, q_a, k_a, v_a, masks, insulate)
-            x_b = lb.finish(x_b, o_b, g_b, None)
+            x_b = lb.finish(x_b, o_b, g_b, None, rows)
             if x_a is not None:
                 x_a = la.finish(x_a, o_a, g_a, cond)
         h_b = self.backbone_norm(x_b)[0]
@@ -73,8 +82,9 @@ class MixtureTransformer(nn.Module):
         return h_b, h_a
 
     def prefix_kv(self, x_b: torch.Tensor, pos_b: torch.Tensor, allowed: torch.Tensor):
-        """Backbone alone over the prefix. x_b [B, Lp, W], allowed [B, Lp, Lp]
-        -> k, v [depth, B, Lp, K, hd] (keys after RoPE). The last layer's MLP is skipped (unused)."""
+        """Backbone alone over the prefix. x_b [B, Lp, W], allowed [B, Lp | 1, Lp] (one row: the same for
+        every query, `masks.prefix_attention_row`) -> k, v [depth, B, Lp, K, hd] (keys after RoPE).
+        The last layer's attention output and MLP are skipped (unused)."""
         ks, vs = [], []
         c = self.cfg
         rope_b = rope_tables(pos_b, c.head_dim, c.rope_base)
