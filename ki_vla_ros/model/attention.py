@@ -71,7 +71,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     An export writes softmax(q·hd^-0.5 Kᵀ + bias) V itself instead of torch's opset-18 form of the
     fused kernel (which scales q and Kᵀ by hd^-0.25 each and transposes K as its own node): OpenVINO
     then folds the transpose into the product, and the flow loop no longer rescales and transposes
-    every cached key at every Euler step (`small` flow loop in bf16: 14.7 → 13.4 ms, docs/runtime.md)."""
+    every cached key at every Euler step (`small` flow loop in bf16 4–9 % faster, docs/runtime.md)."""
     b, n, h, hd = q.shape
     m, kv = k.shape[1], k.shape[2]
     g = h // kv
