@@ -121,3 +121,18 @@ def test_prefix_pass_with_one_mask_row_matches_the_full_mask():
         a_row = model.flow_from_cache(k_row, v_row, prefix_rows, batch["noise"], 3)
         a_full = model.flow_from_cache(k_full, v_full, prefix_rows, batch["noise"], 3)
     torch.testing.assert_close(a_row, a_full, rtol=0, atol=1e-5)
+
+
+def test_action_row_is_every_action_query_row_of_the_full_mask():
+    """The flow loop reads one mask row for its action queries (`action_attention_row`): it must be
+    exactly the row `attention_mask` gives every ACTION query after a prefix with padding in it."""
+    from ki_vla_ros.model.masks import action_attention_row
+
+    prefix = torch.tensor([[PREFIX, PREFIX, PAD, PREFIX, PAD], [PAD, PREFIX, PREFIX, PREFIX, PREFIX]])
+    horizon = 4
+    kinds = torch.cat([prefix, torch.full((2, horizon), ACTION)], 1)
+    full = attention_mask(kinds)[:, prefix.shape[1]:]  # the action queries' rows [B, H, Lp + H]
+    row = action_attention_row(prefix, horizon)
+    assert row.shape == (2, 1, prefix.shape[1] + horizon)
+    assert torch.equal(row.expand_as(full), full)
+    assert not row[0, 0, 2] and row[0, 0, 3] and row[1, 0, -1]  # PAD key hidden, PREFIX and ACTION keys seen

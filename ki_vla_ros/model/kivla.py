@@ -38,7 +38,16 @@ from ki_vla_ros.model.attention import attention_bias, rope_tables
 from ki_vla_ros.model.batch import Batch
 from ki_vla_ros.model.config import ModelConfig
 from ki_vla_ros.model.layers import Modulation, TokenCond
-from ki_vla_ros.model.masks import ACTION, FAST, PAD, PREFIX, TEXT, attention_mask, prefix_attention_row
+from ki_vla_ros.model.masks import (
+    ACTION,
+    FAST,
+    PAD,
+    PREFIX,
+    TEXT,
+    action_attention_row,
+    attention_mask,
+    prefix_attention_row,
+)
 from ki_vla_ros.model.rtc import prefix_tokens
 from ki_vla_ros.model.transformer import MixtureTransformer
 from ki_vla_ros.model.vision import VisionTower
@@ -314,11 +323,8 @@ class KIVLA(nn.Module):
                        dtype: torch.dtype = torch.float32) -> FlowContext:
         """What every flow step over one cache shares (`FlowContext`, attention bias in `dtype`, the
         cache's). Computed once per chunk."""
-        b, lp = prefix_mask.shape
         prefix_kind = torch.where(prefix_mask, PREFIX, PAD)
-        action_kind = torch.full((b, horizon), ACTION, dtype=torch.long, device=prefix_mask.device)
-        kinds = torch.cat([prefix_kind, action_kind], 1)
-        allowed = attention_mask(kinds)[:, lp : lp + 1]  # action rows [B, 1, Lp + H]: all alike (masks.py)
+        allowed = action_attention_row(prefix_kind, horizon)  # [B, 1, Lp + H]: every action row alike
         rope_a = rope_tables(self._action_positions(prefix_kind, horizon), self.config.head_dim, self.config.rope_base)
         return FlowContext(attention_bias(allowed, 1, dtype), rope_a)  # one bias row for every query
 

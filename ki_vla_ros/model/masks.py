@@ -56,3 +56,12 @@ def prefix_attention_row(kinds: torch.Tensor) -> torch.Tensor:
     token's keys and values never reach a valid token. One row is N times less mask to build and read
     (at 636 prefix tokens and 8 query heads the full bias was 13 MB, read by every layer)."""
     return (kinds == PREFIX)[:, None, :]
+
+
+def action_attention_row(prefix_kinds: torch.Tensor, horizon: int) -> torch.Tensor:
+    """The mask of the action expert over a cached prefix as ONE row for every action query:
+    prefix_kinds [B, Lp] (PREFIX / PAD), `horizon` action tokens after them -> allowed [B, 1, Lp + H],
+    True at the PREFIX keys and at every action key: the row `attention_mask` gives each ACTION query
+    of that sequence, without building its [Lp + H]² square (a flow loop's mask, once per chunk)."""
+    actions = torch.ones(prefix_kinds.shape[0], horizon, dtype=torch.bool, device=prefix_kinds.device)
+    return torch.cat([prefix_kinds == PREFIX, actions], 1)[:, None, :]
