@@ -1,5 +1,5 @@
 """Precision as a runtime choice (runtime/precision.py): bf16 on torch and OpenVINO and int8 on ONNX
-Runtime run only once the model folder records them as checked against fp32 for its weights; their
+Runtime and OpenVINO run only once the model folder records them as checked against fp32 for its weights; their
 action error against fp32 on the same inputs and noise stays under the bound; bad choices fail
 clearly."""
 
@@ -37,12 +37,12 @@ def test_checked_precisions_are_recorded_and_bounded(checked_dir):
     path, result = checked_dir
     record = json.loads((path / RECORD).read_text())
     assert record["weights_sha256"] == load_model_dir(path).weights_sha256
-    assert set(result["checks"]) == {"torch/bf16", "openvino/bf16", "onnxruntime/int8"}
+    assert set(result["checks"]) == {"torch/bf16", "openvino/bf16", "onnxruntime/int8", "openvino/int8"}
     if OV_BF16:
         assert set(record["checks"]) == set(result["checks"])
     else:  # said, not recorded
         assert result["checks"]["openvino/bf16"].startswith("not checked: backend 'openvino': this CPU has no bf16")
-        assert set(record["checks"]) == {"torch/bf16", "onnxruntime/int8"}
+        assert set(record["checks"]) == {"torch/bf16", "onnxruntime/int8", "openvino/int8"}
     for key, entry in record["checks"].items():
         precision = key.split("/")[1]
         assert entry["ok"] and entry["bound"] == BOUNDS[precision]
@@ -50,10 +50,11 @@ def test_checked_precisions_are_recorded_and_bounded(checked_dir):
     assert sorted(json.loads((path / "onnx" / "export.json").read_text())["precisions"]) == ["bf16", "fp32", "int8"]
 
 
-@pytest.mark.parametrize("backend, precision", [("torch", "bf16"), ("onnxruntime", "int8"), ("openvino", "bf16")])
+@pytest.mark.parametrize("backend, precision", [("torch", "bf16"), ("onnxruntime", "int8"), ("openvino", "bf16"),
+                                                ("openvino", "int8")])
 def test_checked_precision_acts_close_to_fp32(checked_dir, backend, precision):
     path, _ = checked_dir
-    if backend == "openvino" and not OV_BF16:
+    if (backend, precision) == ("openvino", "bf16") and not OV_BF16:
         pytest.skip("this CPU has no bf16 units (AVX512-BF16 or AMX): OpenVINO runs fp32 only")
     reference = Policy.load(path, num_steps=5)
     policy = Policy.load(path, backend=backend, num_steps=5, precision=precision)
@@ -88,9 +89,42 @@ def test_unsupported_precisions_are_clear_errors(checked_dir):
         Policy.load(path, backend="onnxruntime", precision="bf16", num_steps=5, require_check=False)
     with pytest.raises(BackendError, match="fp16 is for GPUs; on a CPU use bf16"):
         Policy.load(path, precision="fp16", require_check=False)
-    with pytest.raises(BackendError, match="backend 'openvino' runs fp32, bf16, not 'int8'"):
-        Policy.load(path, backend="openvino", precision="int8", num_steps=5, require_check=False)
+    with pytest.raises(BackendError, match="backend 'openvino' runs fp32, bf16, int8, not 'fp16'"):
+        Policy.load(path, backend="openvino", precision="fp16", num_steps=5, require_check=False)
     with pytest.raises(BackendError, match="backend 'torch' runs fp32, bf16, fp16, not 'int4'"):
         Policy.load(path, precision="int4", require_check=False)
     assert Policy.load(path, backend="onnxruntime", num_steps=5).precision == "fp32"  # auto
     assert Policy.load(path, backend="openvino", num_steps=5).precision == "fp32"
+
+
+def test_openvino_int8_quantises_the_token_products(checked_dir):
+    """OpenVINO int8 rewrites every token-wise matrix product of both graphs (prefix: vision tower and
+    backbone; flow loop: the expert in each Euler step) to int8 weights, and acts differently from the
+    same graph left in fp32 weights (bf16 where the CPU has it, fp32 otherwise)."""
+    path, _ = checked_dir
+    int8 = Policy.load(path, backend="openvino", precision="int8", num_steps=5)
+    same_compute = Policy.load(path, backend="openvino", num_steps=5, precision="bf16" if OV_BF16 else "fp32")
+    c = int8.config
+    # four products per layer (q/k/v, o, gate/up, down as exported; the backbone's last layer only its
+    # q/k/v: the cache needs its keys and values alone), the image projector, and per Euler step the
+    # expert's layers and its action in / out projections
+    prefix = 4 * c.vision_depth + 1 + 4 * (c.depth - 1) + 1
+    assert int8.backend.int8_products == prefix + 5 * (4 * c.depth + 2)
+    obs = observation(5)
+    a8, a = int8.infer(obs, seed=1).actions, same_compute.infer(obs, seed=1).actions
+    assert not np.array_equal(a8, a)
+
+
+def test_per_channel_int8_weights_round_to_the_nearest_step():
+    from ki_vla_ros.runtime.openvino_int8 import quantize_per_channel
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 48)).astype(np.float32) * rng.uniform(0.01, 3, (1, 48)).astype(np.float32)
+    w[:, 5] = 0.0  # an all-zero output channel
+    for axis, shape in ((1, (1, 48)), (0, (64, 1))):
+        q, scale = quantize_per_channel(w, axis)
+        assert q.dtype == np.int8 and scale.shape == shape and np.abs(q).max() == 127
+        assert np.all(np.abs(q.astype(np.float32) * scale - w) <= scale / 2 + 1e-7)
+    q, scale = quantize_per_channel(w, 1)
+    assert scale[0, 5] == 1.0 and not q[:, 5].any()
+    assert np.array_equal(np.abs(q).max(axis=0)[[0, 1, 47]], [127, 127, 127])  # each channel uses its full range

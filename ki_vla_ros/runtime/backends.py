@@ -15,7 +15,8 @@ Precision (runtime/precision.py): torch casts the weights (fp32, bf16, fp16 on C
 q/k/v and gate/up projections once (`KIVLA.fuse_projections`); ONNX Runtime reads the export of
 that precision (fp32, or int8: dynamically quantised matrix products); OpenVINO compiles the fp32
 export for the CPU, to run in fp32 or in bf16 (its CPU plugin picks bf16 kernels where the CPU has
-bf16 units and keeps precision-sensitive operations in fp32); TensorRT builds strongly typed engines
+bf16 units and keeps precision-sensitive operations in fp32), or int8 (the token-wise products' weights
+made int8 at load: runtime/openvino_int8.py); TensorRT builds strongly typed engines
 from the fp32 / fp16 / bf16 exports. The Euler integration runs in fp32 on torch, ONNX Runtime and
 TensorRT.
 
@@ -174,29 +175,37 @@ class OnnxRuntimeBackend:
 
 
 class OpenVinoBackend:
-    """The fp32 ONNX export compiled by OpenVINO's CPU plugin, in fp32 or bf16 (inference precision
-    hint; bf16 needs a CPU with bf16 units: AVX512-BF16 or AMX). Threads are not pinned to cores:
-    the node shares the CPU with the simulator or the robot's drivers."""
+    """The fp32 ONNX export compiled by OpenVINO's CPU plugin, in fp32, bf16 (inference precision
+    hint; bf16 needs a CPU with bf16 units: AVX512-BF16 or AMX) or int8 (the token-wise matrix products
+    with int8 weights and, on CPUs with int8 dot products, int8 activations quantised per call:
+    runtime/openvino_int8.py; everything else as bf16 where the CPU has it, else fp32). Threads are not
+    pinned to cores: the node shares the CPU with the simulator or the robot's drivers."""
 
     name = "openvino"
-    precisions = ("fp32", "bf16")
+    precisions = ("fp32", "bf16", "int8")
 
     def __init__(self, onnx_dir: Path, weights_sha256: str, num_steps: int, threads: int | None = None,
                  precision: str = "fp32"):
-        ov = _runtime("openvino", "openvino", self.precisions, precision,
-                      "int8: backend onnxruntime; fp16: torch on a GPU or tensorrt")
+        ov = _runtime("openvino", "openvino", self.precisions, precision, "fp16: torch on a GPU or tensorrt")
         core = ov.Core()
-        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        bf16_units = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if precision == "bf16" and not bf16_units:
             raise BackendError("backend 'openvino': this CPU has no bf16 units (AVX512-BF16 or AMX); use fp32")
         self.precision = precision
-        self.spec = check_export(onnx_dir, weights_sha256, num_steps, "fp32")  # bf16 is chosen at compile time
-        config = {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
-                  "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
+        self.spec = check_export(onnx_dir, weights_sha256, num_steps, "fp32")  # the rest is chosen at load time
+        compute = "bf16" if precision == "bf16" or (precision == "int8" and bf16_units) else "f32"
+        config = {"INFERENCE_PRECISION_HINT": compute, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self._requests, self._inputs = {}, {}
+        self.int8_products = 0  # matrix products given int8 weights (precision int8)
         for graph in ("prefix", "flow"):
-            compiled = core.compile_model(str(onnx_dir / self.spec.file(graph)), "CPU", config)
+            model = core.read_model(str(onnx_dir / self.spec.file(graph)))
+            if precision == "int8":
+                from ki_vla_ros.runtime.openvino_int8 import compress_matmul_weights
+
+                self.int8_products += compress_matmul_weights(model)
+            compiled = core.compile_model(model, "CPU", config)
             self._requests[graph] = compiled.create_infer_request()
             # input index -> graph input name; a port can carry several names (OpenVINO merges the
             # images' cast into it), and inputs the graph does not read (e.g. `state`) are pruned

@@ -4,7 +4,8 @@ precisions checked against fp32 (`precisions.json`).
     fp32   every backend; the reference
     bf16   torch (CPUs with AVX512-BF16 / AMX, GPUs), openvino (CPUs with AVX512-BF16 / AMX), tensorrt
     fp16   torch on CUDA, tensorrt
-    int8   onnxruntime on CPU: the fp32 export with dynamically quantised matrix products
+    int8   onnxruntime on CPU: the fp32 export with dynamically quantised matrix products;
+           openvino on CPU: int8 weights made at load (runtime/openvino_int8.py)
     auto   fp32 on torch, onnxruntime and openvino; tensorrt: bf16 where the GPU has it, else fp16
 
 torch, onnxruntime and openvino run a precision other than fp32 only once the folder records that it was
@@ -29,7 +30,7 @@ from ki_vla_ros.runtime.backends import BackendError
 RECORD = "precisions.json"
 BOUNDS = {"bf16": 0.05, "fp16": 0.05, "int8": 0.1}  # max |a − a_fp32|, normalised action units
 # backends a check runs on here
-CHECKED_ON = {"bf16": ("torch", "openvino"), "fp16": ("torch",), "int8": ("onnxruntime",)}
+CHECKED_ON = {"bf16": ("torch", "openvino"), "fp16": ("torch",), "int8": ("onnxruntime", "openvino")}
 
 
 class PrecisionError(BackendError):
