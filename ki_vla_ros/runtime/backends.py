@@ -37,6 +37,7 @@ import torch
 
 from ki_vla_ros.export.onnx_export import DTYPES, FLOW_INPUTS, PREFIX_INPUTS, ExportSpec
 from ki_vla_ros.model import KIVLA
+from ki_vla_ros.runtime.openvino_int8 import compress_matmul_weights
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 
@@ -202,8 +203,6 @@ class OpenVinoBackend:
         for graph in ("prefix", "flow"):
             model = core.read_model(str(onnx_dir / self.spec.file(graph)))
             if precision == "int8":
-                from ki_vla_ros.runtime.openvino_int8 import compress_matmul_weights
-
                 self.int8_products += compress_matmul_weights(model)
             compiled = core.compile_model(model, "CPU", config)
             self._requests[graph] = compiled.create_infer_request()
