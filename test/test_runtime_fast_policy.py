@@ -8,7 +8,7 @@ import torch
 from ki_vla_ros.control.policy_loader import load_policy
 from ki_vla_ros.model.masks import FAST, PREFIX
 from ki_vla_ros.runtime import BackendError, Layout, ModelDirError, Observation
-from ki_vla_ros.runtime.fast_policy import FastTokenPolicy, greedy_action_ids
+from ki_vla_ros.runtime.fast_policy import FastTokenPolicy, RelaxedFastTokenPolicy, greedy_action_ids
 from ki_vla_ros.runtime.init_model import init_model_dir, smooth_chunks
 from ki_vla_ros.runtime.model_dir import load_model_dir, save_model_dir
 from ki_vla_ros.tokenize.fast import FastDecodeError
@@ -69,6 +69,26 @@ def test_chunk_from_ids_is_the_tokenizer_round_trip(folder):
         policy.chunk_from_ids(policy.prompt.action_ids(tokens[:-1]), np.zeros(6))
     with pytest.raises(FastDecodeError, match="FAST decoding failed: .*not in the vocabulary"):
         policy.chunk_from_ids([5, *policy.prompt.action_ids(tokens)], np.zeros(6))  # a text id among the action ids
+
+
+def test_relaxed_policy_pads_what_the_strict_one_refuses(folder):
+    """The relaxed policy (through the node's policy_class hook) turns a sequence one token short
+    into the tokenizer's relaxed chunk and says how many coefficients it padded; an exact sequence
+    gives the strict chunk and fill 0; the strict policy refuses the short one."""
+    relaxed = load_policy(folder, policy_class="ki_vla_ros.runtime.fast_policy:RelaxedFastTokenPolicy")
+    strict = FastTokenPolicy.load(folder)
+    assert isinstance(relaxed, RelaxedFastTokenPolicy) and relaxed.relaxed and not strict.relaxed
+    tok, h, stats = relaxed.action_tokenizer, relaxed.action_horizon, relaxed.bundle.norm_stats.actions
+    tokens = tok.encode(smooth_chunks(1, h, 6, seed=12)[0])
+    short = tokens[:-1]
+    actions = relaxed.chunk_from_ids(relaxed.prompt.action_ids(short), np.zeros(6))
+    np.testing.assert_allclose(actions, stats.denormalize(tok.decode(short, h, 6, relaxed=True)))
+    assert relaxed.last_fill == h * 6 - tok.count(short) > 0
+    np.testing.assert_allclose(relaxed.chunk_from_ids(relaxed.prompt.action_ids(tokens), np.zeros(6)),
+                               strict.chunk_from_ids(strict.prompt.action_ids(tokens), np.zeros(6)))
+    assert relaxed.last_fill == 0
+    with pytest.raises(FastDecodeError, match="FAST decoding failed: .*coefficients"):
+        strict.chunk_from_ids(strict.prompt.action_ids(short), np.zeros(6))
 
 
 def test_a_model_trained_on_one_chunk_decodes_it(tmp_path, folder):

@@ -18,7 +18,7 @@ import yaml
 from ki_vla_ros.configio import ConfigError, from_dict
 from ki_vla_ros.study.config import StudyConfig
 from ki_vla_ros.study.report import write_report
-from ki_vla_ros.study.run import FAST_POLICY, ClosedLoopEval, EvalFailed, Study, study_main
+from ki_vla_ros.study.run import FAST_POLICY, RELAXED_FAST_POLICY, ClosedLoopEval, EvalFailed, Study, study_main
 from ki_vla_ros.study.store import ResultStore
 
 HELDOUT = "config/eval/heldout_phrasings.json"
@@ -89,6 +89,8 @@ def test_table_and_plots_from_stored_results(tmp_path):
             s.add("ki", seed, step, "expert_canonical", closed(success, ms=40.0))
             s.add("ki", seed, step, "expert_heldout", closed(success / 2))
             s.add("ki", seed, step, "fast_canonical", closed(0.0, ms=300.0 + seed))
+            if step == 20:
+                s.add("ki", seed, step, "fast_relaxed", closed(0.25 * seed, ms=310.0) | {"chunks": 12 + seed})
             s.add("ki", seed, step, "vqa", {"accuracy": 0.6 - 0.1 * seed})
             s.add("ki", seed, step, "offline", {"action_mse": 0.2, "fast_token_acc": 0.5})
             s.add("ki", seed, step, "sim_canonical", {"success_rate": early if step == 10 else 0.4 + 0.2 * seed,
@@ -109,7 +111,8 @@ def test_table_and_plots_from_stored_results(tmp_path):
                         "50% [40%, 60%]", "30% [30%, 30%]", "90% [90%, 90%]",
                         "0.055 [0.050, 0.060]", "75% [75%, 75%]", "75% [100%, 50%]", "0.55 [0.60, 0.50]",
                         "—, 20"]  # steps to 50 %: in process where measured (seed 0: 25 % then 40 %)
-    assert ki[15:20] == ["110 [100, 120]", "0% [0%, 0%]", "300 [300, 301]", "40 [40, 40]", "0.200 [0.200, 0.200]"]
+    assert ki[15:24] == ["110 [100, 120]", "0% [0%, 0%]", "300 [300, 301]", "12% [0%, 25%]", "50% [50%, 50%]",
+                         "12 [12, 13]", "310 [310, 310]", "40 [40, 40]", "0.200 [0.200, 0.200]"]
     pi0 = rows["`pi0`"]
     assert pi0[1:15] == ["1", "10", "50%", "failed", "50%", "failed", "—", "—", "—", "—", "—", "—", "—", "10"]
     assert "VQA acc (base 0.62)" in table and "`joint`" not in table
@@ -215,12 +218,13 @@ def test_tiny_study_resumes_after_kills(tmp_path):
     rest = EvalDouble()
     Study(cfg, rest, log=lines.append, probe=probe, simulate=simulate).run()
     assert rest.calls == [("ki", 3, HELDOUT, ""), ("ki", 3, "", FAST_POLICY), ("ki", 6, "", ""),
-                          ("ki", 6, HELDOUT, ""), ("ki", 6, "", FAST_POLICY), ("pi0_fast", 3, "", FAST_POLICY),
-                          ("pi0_fast", 6, "", FAST_POLICY)]
+                          ("ki", 6, HELDOUT, ""), ("ki", 6, "", FAST_POLICY), ("ki", 6, "", RELAXED_FAST_POLICY),
+                          ("pi0_fast", 3, "", FAST_POLICY), ("pi0_fast", 6, "", FAST_POLICY),
+                          ("pi0_fast", 6, "", RELAXED_FAST_POLICY)]  # relaxed FAST decoding: the last step only
     assert (ki / "checkpoints/step_000006/model.safetensors").stat().st_mtime_ns == final_ckpt  # not retrained
     assert sorted(p.name for p in (ki / "models").iterdir()) == ["step_000006"]  # step 3's folder removed
     lines_on_disk = [json.loads(x) for x in (tmp_path / "study/results.jsonl").read_text().splitlines()]
-    assert len(lines_on_disk) == len({ResultStore.key(r) for r in lines_on_disk}) == 4 + 3 + 5 + 1 + 2 * 3 + 2 + 4
+    assert len(lines_on_disk) == len({ResultStore.key(r) for r in lines_on_disk}) == 4 + 3 + 5 + 1 + 2 * 3 + 2 + 4 + 2
     assert probed == [("ki", 3), ("ki", 6)]  # the flow expert's recipes only, once per evaluated step
     assert simulated == [("ki", 3, False), ("ki", 3, True), ("ki", 6, False), ("ki", 6, True)]
     vqa = ResultStore(tmp_path / "study/results.jsonl").get("ki", 0, 6, "vqa")

@@ -66,6 +66,38 @@ def test_undecodable_sequences_raise(fitted):
         fitted.decode(ids, H, D + 1)
 
 
+def test_relaxed_decoding_cuts_or_pads_the_highest_frequencies(fitted):
+    """relaxed=True (LeRobot's and openpi's rule): a sequence short of H·D coefficients is padded
+    with zero coefficients at the end of the frequency-major order, a long one cut there; the
+    result is the inverse DCT of exactly those coefficients. Unknown ids and less than one
+    frequency row still raise."""
+    chunk = smooth_chunks(1, seed=3)[0]
+    ids = fitted.encode(chunk)
+    full = fitted.decode(ids, H, D)
+    coeffs = np.rint(dct(chunk, norm="ortho", axis=0) * 10).reshape(-1)  # [H·D], frequency-major
+    short = ids[:-2]
+    n = fitted.count(short)
+    assert D <= n < H * D and fitted.count(ids) == H * D
+    expected = coeffs.copy()
+    expected[n:] = 0.0
+    got = fitted.decode(short, H, D, relaxed=True)
+    np.testing.assert_allclose(dct(got, norm="ortho", axis=0).reshape(-1) * 10, expected, atol=1e-9)
+    assert np.abs(got - full).max() > 0  # not the full chunk: its tail coefficients were cut ...
+    tail = coeffs[n:]
+    np.testing.assert_allclose(np.linalg.norm(got - full), np.linalg.norm(tail) / 10, rtol=1e-9)  # ... by exactly them
+    long = ids + ids[:3]
+    np.testing.assert_allclose(fitted.decode(long, H, D, relaxed=True), full, atol=1e-12)
+    np.testing.assert_array_equal(fitted.decode(ids, H, D, relaxed=True), full)
+    with pytest.raises(FastDecodeError, match="expected at least 7 .*one frequency row"):
+        fitted.decode([], H, D, relaxed=True)
+    one_row = next(k for k in range(1, len(ids) + 1) if fitted.count(ids[:k]) >= D)
+    fitted.decode(ids[:one_row], H, D, relaxed=True)  # one full row: every dimension's mean is there
+    with pytest.raises(FastDecodeError, match="not in the vocabulary"):
+        fitted.decode([*ids[:-1], 5000], H, D, relaxed=True)
+    with pytest.raises(FastDecodeError, match="expected horizon"):
+        fitted.decode(short, H, D)  # the default stays exact
+
+
 def test_save_load_identical(fitted, tmp_path):
     path = tmp_path / "fast.json"
     fitted.save(path)
@@ -107,5 +139,7 @@ def test_naive_tokenizer(stride, tmp_path):
         tok.decode(ids[:-1], H, D)
     with pytest.raises(FastDecodeError):
         tok.decode([*ids[:-1], 256], H, D)
+    with pytest.raises(FastDecodeError, match="no relaxed decoding"):
+        tok.decode(ids, H, D, relaxed=True)
     tok.save(tmp_path / "naive.json")
     assert load_action_tokenizer(tmp_path / "naive.json").encode(c) == ids

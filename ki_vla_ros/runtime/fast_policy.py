@@ -20,6 +20,13 @@ and <eos> (the only ids a FAST target holds), up to `max_new_tokens` (default: t
 de-normalised with the folder's statistics. A sequence that does not decode (no <eos> within the
 budget, or not exactly H·n_actions coefficients) raises `FastDecodeError` naming why: the policy
 node then holds the robot and sends no chunk. Deterministic (no noise): `seed` is ignored.
+
+`RelaxedFastTokenPolicy` (``policy_class:=ki_vla_ros.runtime.fast_policy:RelaxedFastTokenPolicy``)
+decodes as LeRobot's π0-FAST and openpi do: a sequence of the wrong length is cut or padded with
+zero coefficients on the right, i.e. at the highest frequencies (`FastTokenizer.decode`, relaxed);
+it still holds the robot without <eos>, on unknown ids and below one frequency row.
+`policy.last_fill` is how many coefficients the last chunk lacked (> 0, padded) or had too many
+(< 0, cut); 0 for an exact sequence.
 """
 
 from __future__ import annotations
@@ -71,6 +78,8 @@ def greedy_action_ids(model: KIVLA, images, image_mask, tokens, token_mask, stat
 class FastTokenPolicy(Policy):
     """`Policy` whose chunk comes from FAST tokens decoded by the backbone (see the module doc)."""
 
+    relaxed = False  # exactly H·n_actions coefficients, or FastDecodeError
+
     def __init__(self, bundle: ModelBundle, max_new_tokens: int = 0):
         super().__init__(bundle, backend=None, num_steps=0)
         recipe = RECIPES.get(bundle.manifest.recipe)
@@ -83,6 +92,7 @@ class FastTokenPolicy(Policy):
         self.eos_id = bundle.text_tokenizer.eos_id
         self.max_new_tokens = max_new_tokens or self.config.max_target_tokens
         self.last_num_tokens = 0
+        self.last_fill = 0
 
     @classmethod
     def load(cls, model_dir: str | Path, backend: str = "torch", num_steps: int | None = None,
@@ -104,9 +114,10 @@ class FastTokenPolicy(Policy):
         n = len(self.layout.action_names)
         tokens = self.prompt.action_tokens_from_ids(model_ids)
         try:
-            chunk = self.action_tokenizer.decode(tokens, self.action_horizon, n)
+            chunk = self.action_tokenizer.decode(tokens, self.action_horizon, n, relaxed=self.relaxed)
         except FastDecodeError as exc:
             raise FastDecodeError(f"FAST decoding failed: {exc}") from None
+        self.last_fill = self.action_horizon * n - self.action_tokenizer.count(tokens) if self.relaxed else 0
         return self.actions_to_robot(chunk, state)
 
     def infer(self, obs: Observation, seed: int | None = None, noise=None, action_prefix=None) -> PolicyOutput:
@@ -127,4 +138,10 @@ class FastTokenPolicy(Policy):
         return PolicyOutput(actions, {k: v * 1e3 for k, v in timings.items()})
 
 
-__all__ = ["FastTokenPolicy", "FastDecodeError", "greedy_action_ids"]
+class RelaxedFastTokenPolicy(FastTokenPolicy):
+    """`FastTokenPolicy` with the reference implementations' relaxed decoding (module doc)."""
+
+    relaxed = True
+
+
+__all__ = ["FastTokenPolicy", "RelaxedFastTokenPolicy", "FastDecodeError", "greedy_action_ids"]

@@ -62,6 +62,7 @@ class ClosedLoopSection:
     first_seed: int = 900000  # scene seeds first_seed .. first_seed + episodes - 1 (not in the training data)
     heldout_instructions: str = "config/eval/heldout_phrasings.json"  # '': canonical instructions only
     fast_policy: bool = True  # also FAST-token decoding as the policy, for recipes that train FAST tokens
+    # (exact decoding at every evaluated step; the reference implementations' relaxed decoding at the last)
     duration: float = 0.0  # sim seconds per episode (0: ki-vla eval's default per task kind)
     real_time_factor: float = 1.0  # the sim's speed bound (x real time)
     threads: int = 1  # inference threads of the policy node (the sim has the other core)

@@ -41,6 +41,7 @@ from ki_vla_ros.study.report import write_report
 from ki_vla_ros.study.store import ResultStore
 
 FAST_POLICY = "ki_vla_ros.runtime.fast_policy:FastTokenPolicy"
+RELAXED_FAST_POLICY = "ki_vla_ros.runtime.fast_policy:RelaxedFastTokenPolicy"
 # ModelConfig fields that fix the weights' shapes and the token id layout: base and study must agree
 ARCH_FIELDS = ("image_size", "patch_size", "vision_width", "vision_depth", "vision_mlp_dim", "vision_heads", "width",
                "depth", "mlp_dim", "num_heads", "num_kv_heads", "head_dim", "vocab_size", "expert_width",
@@ -102,14 +103,14 @@ def closed_loop_values(results: dict) -> dict:
             "per_task": {t: r["success_rate"] for t, r in results["per_task"].items()}}
 
 
-def measures_for(recipe: str, cfg: StudyConfig) -> list[str]:
-    """What is measured at each evaluated step of a recipe's run."""
+def measures_for(recipe: str, cfg: StudyConfig, step: int) -> list[str]:
+    """What is measured at an evaluated step of a recipe's run."""
     r, c = RECIPES[recipe], cfg.closed_loop
     out = ["offline"]
     if c.episodes and r.use_flow:
         out += ["expert_canonical"] + (["expert_heldout"] if c.heldout_instructions else [])
     if c.episodes and c.fast_policy and r.use_fast:
-        out.append("fast_canonical")
+        out += ["fast_canonical"] + (["fast_relaxed"] if step == cfg.steps else [])
     if cfg.fixed_latency.episodes and r.use_flow:
         out += ["sim_canonical"] + (["sim_heldout"] if c.heldout_instructions else [])
     if cfg.language.data and r.use_flow:
@@ -296,7 +297,7 @@ class Study:
 
     def closed_loop(self, model_dir: Path, out_dir: Path, measure: str) -> dict:
         heldout = measure.endswith("heldout")
-        policy_class = FAST_POLICY if measure.startswith("fast") else ""
+        policy_class = {"fast_canonical": FAST_POLICY, "fast_relaxed": RELAXED_FAST_POLICY}.get(measure, "")
         return closed_loop_values(self.evaluate(model_dir, out_dir, self.cfg.closed_loop.heldout_instructions
                                                 if heldout else "", policy_class))
 
@@ -328,7 +329,7 @@ class Study:
             "precision": json.loads((ckpt.latest_checkpoint(run_dir) / "trainer.json").read_text())["precision"]})
         offline = read_csv(run_dir / "eval.csv") if (run_dir / "eval.csv").is_file() else {}
         for step in cfg.eval_steps:
-            todo = [m for m in measures_for(recipe, cfg) if not self.store.done(recipe, seed, step, m,
+            todo = [m for m in measures_for(recipe, cfg, step) if not self.store.done(recipe, seed, step, m,
                                                                                   self.retry_failed)]
             if not todo:
                 continue
@@ -353,7 +354,7 @@ class Study:
         """Every measurement of the run is stored: nothing to train or measure, even with no run folder."""
         done = partial(self.store.done, recipe, seed, retry_failed=self.retry_failed)
         return done(self.cfg.steps, "train") and all(done(step, m) for step in self.cfg.eval_steps
-                                                      for m in measures_for(recipe, self.cfg))
+                                                      for m in measures_for(recipe, self.cfg, step))
 
     def run(self) -> Path:
         cfg = self.cfg

@@ -10,6 +10,8 @@ a killed study keeps everything it finished and a rerun skips it. Measures:
   held-out phrasings: ``success_rate``, ``instruction_following_rate``, ``episodes``,
   ``inference_ms_p50`` (median over episodes of the node's per-episode median), ``holds``, ``per_task``;
 * ``fast_canonical`` — the same for FAST-token decoding as the policy (`runtime/fast_policy.py`);
+* ``fast_relaxed`` — the same with the reference implementations' relaxed FAST decoding
+  (`RelaxedFastTokenPolicy`), at the last step only;
 * ``sim_canonical`` / ``sim_heldout`` — the flow policy's closed loop in one process at a fixed latency
   (`sim/fixed_latency.py`), the same tasks, scenes and phrasings: ``success_rate``,
   ``instruction_following_rate``, ``episodes``, ``per_task``;
@@ -29,7 +31,7 @@ import math
 import os
 from pathlib import Path
 
-MEASURES = ("train", "offline", "expert_canonical", "expert_heldout", "fast_canonical", "sim_canonical",
+MEASURES = ("train", "offline", "expert_canonical", "expert_heldout", "fast_canonical", "fast_relaxed", "sim_canonical",
             "sim_heldout", "language", "vqa")
 
 

@@ -13,6 +13,14 @@ the largest entry error on smooth chunks stays below 1/scale = 0.1 (test_tokeniz
 Coefficients outside the range seen at `fit` (widened by a margin) are clipped on `encode`.
 `decode` raises `FastDecodeError` for any sequence that does not decode to exactly H·D
 coefficients (unknown ids, a truncated or over-long sequence) — it never pads with zeros.
+`decode(..., relaxed=True)` is the reference implementations' rule instead (LeRobot's π0-FAST and
+openpi decode with `relaxed_decoding=True`): a sequence of the wrong length is cut or padded on the
+right to H·D coefficients, the padding being zero coefficients. In the frequency-major order that
+is the highest frequencies — what rounding already sets to zero in most chunks, and what BPE packs
+into long runs of one character, so a token for a slightly shorter run, or an <eos> one token
+early, loses only them. Unlike the references it still raises for unknown ids and for fewer than
+one frequency row (D coefficients: every dimension's mean over the chunk), so no chunk is made
+from nothing; `count(tokens)` tells how far a sequence is from H·D.
 """
 
 from __future__ import annotations
@@ -100,8 +108,7 @@ class FastTokenizer:
         self._check_fitted()
         return list(self._bpe.encode(self._to_string(self._coeffs(chunk))).ids)
 
-    def decode(self, tokens: Sequence[int], horizon: int, dim: int) -> np.ndarray:
-        """Token ids -> chunk [horizon, dim] (float64). Raises FastDecodeError if undecodable."""
+    def _text(self, tokens: Sequence[int]) -> str:
         self._check_fitted()
         chars = []
         for t in tokens:
@@ -111,13 +118,24 @@ class FastTokenizer:
                     f"FAST token id {int(t)} is not in the vocabulary (size {self.vocab_size})"
                 )
             chars.append(piece)
-        text = "".join(chars)
-        if len(text) != horizon * dim:
-            raise FastDecodeError(
-                f"FAST tokens decode to {len(text)} coefficients, expected horizon·dim = {horizon}·{dim} = "
-                f"{horizon * dim} ({len(tokens)} tokens)"
-            )
-        coeffs = np.array([ord(ch) - CHAR_BASE + self.min_coeff for ch in text], dtype=np.float64)
+        return "".join(chars)
+
+    def count(self, tokens: Sequence[int]) -> int:
+        """How many DCT coefficients the token ids decode to (FastDecodeError for unknown ids)."""
+        return len(self._text(tokens))
+
+    def decode(self, tokens: Sequence[int], horizon: int, dim: int, relaxed: bool = False) -> np.ndarray:
+        """Token ids -> chunk [horizon, dim] (float64). Raises FastDecodeError if undecodable: any
+        length but horizon·dim, or with `relaxed` (module doc) fewer than `dim` coefficients."""
+        text, n = self._text(tokens), horizon * dim
+        if len(text) != n and not (relaxed and len(text) >= dim):
+            need = f"at least {dim} (one frequency row) with relaxed decoding" if relaxed else \
+                f"horizon·dim = {horizon}·{dim} = {n}"
+            raise FastDecodeError(f"FAST tokens decode to {len(text)} coefficients, expected {need} "
+                                  f"({len(tokens)} tokens)")
+        coeffs = np.zeros(n, dtype=np.float64)  # relaxed: the missing highest frequencies stay 0
+        kept = text[:n]
+        coeffs[: len(kept)] = [ord(ch) - CHAR_BASE + self.min_coeff for ch in kept]
         return idct(coeffs.reshape(horizon, dim) / self.scale, type=2, norm="ortho", axis=0)
 
     def to_dict(self) -> dict:

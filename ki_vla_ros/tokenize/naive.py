@@ -38,7 +38,9 @@ class NaiveTokenizer:
         ids = np.floor((x + 1.0) / 2.0 * self.bins).astype(np.int64).clip(0, self.bins - 1)
         return ids.reshape(-1).tolist()
 
-    def decode(self, tokens: Sequence[int], horizon: int, dim: int) -> np.ndarray:
+    def decode(self, tokens: Sequence[int], horizon: int, dim: int, relaxed: bool = False) -> np.ndarray:
+        if relaxed:  # bins in time order: nothing that may be cut or padded without inventing actions
+            raise FastDecodeError("naive action tokens have no relaxed decoding (FAST tokens do)")
         kept = -(-horizon // self.stride)
         ids = np.asarray(list(tokens), dtype=np.int64)
         if ids.size != kept * dim:
