@@ -92,3 +92,18 @@ def test_images_to_model_scales_and_masks_missing_cameras():
     np.testing.assert_allclose(pixels[1], -1.0)
     with pytest.raises(ValueError, match="uint8 RGB"):
         images_to_model({"a": img.astype(np.float32)}, ["a"], 8)
+
+
+def test_images_to_model_is_resize_with_pad_per_camera_scaled():
+    """The policy's path (`images_to_model`) gives exactly `resize_with_pad` per camera, scaled to
+    [-1, 1] and channels first, whatever each camera's size (down 2x, down 5.7x with bars, up, as is)."""
+    rng = np.random.default_rng(3)
+    images = {"a": rng.integers(0, 256, (224, 224, 3), np.uint8), "b": rng.integers(0, 256, (480, 640, 3), np.uint8),
+              "c": rng.integers(0, 256, (50, 37, 3), np.uint8), "d": rng.integers(0, 256, (112, 112, 3), np.uint8)}
+    pixels, mask = images_to_model(images, ["a", "b", "missing", "c", "d"], 112)
+    assert mask.tolist() == [True, True, False, True, True]
+    for i, name in zip((0, 1, 3, 4), "abcd"):
+        expected = resize_with_pad(images[name], 112).transpose(2, 0, 1) * np.float32(2.0) - np.float32(1.0)
+        np.testing.assert_array_equal(pixels[i], expected)
+    np.testing.assert_array_equal(pixels[2], -1.0)
+    assert (pixels[1, :, :14] == -1).all() and (pixels[1, :, 14:98] > -1).any()  # 640 x 480 -> 112 x 84: bars

@@ -15,21 +15,28 @@ import torch
 import torch.nn.functional as F
 
 
-def resize_with_pad(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [H, W, 3] -> float32 [size, size, 3] in [0, 1], aspect ratio kept, black bars centred."""
+def _resized(image: np.ndarray, size: int) -> tuple[np.ndarray, int, int]:
+    """uint8 [H, W, 3] -> (float32 [h, w, 3] in [0, 1]: the image resized to fit `size` with its aspect
+    ratio, and the top / left offset of its place in the padded square)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 RGB image [H, W, 3], got {image.dtype} {image.shape}")
-    pixels = image.astype(np.float32) / 255.0
+    pixels = image.astype(np.float32)
+    pixels /= np.float32(255.0)
     h, w = image.shape[:2]
-    if (h, w) == (size, size):
-        return pixels
     ratio = max(w / size, h / size)
     nh, nw = int(h / ratio), int(w / ratio)
-    x = torch.from_numpy(pixels).permute(2, 0, 1)[None]  # [1, 3, H, W]
-    resized = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
+    if (nh, nw) != (h, w):
+        x = torch.from_numpy(pixels).permute(2, 0, 1)[None]  # [1, 3, H, W], channels last in memory
+        pixels = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
+        np.clip(pixels, 0.0, 1.0, out=pixels)
+    return pixels, (size - nh) // 2, (size - nw) // 2
+
+
+def resize_with_pad(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [H, W, 3] -> float32 [size, size, 3] in [0, 1], aspect ratio kept, black bars centred."""
+    pixels, top, left = _resized(image, size)
     out = np.zeros((size, size, 3), np.float32)
-    top, left = (size - nh) // 2, (size - nw) // 2
-    out[top : top + nh, left : left + nw] = resized[0].permute(1, 2, 0).numpy()
+    out[top : top + pixels.shape[0], left : left + pixels.shape[1]] = pixels
     return out
 
 
@@ -43,13 +50,16 @@ def resize_with_pad_uint8(image: np.ndarray, size: int) -> np.ndarray:
 def images_to_model(images: dict[str, np.ndarray], camera_names: list[str], size: int
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Per-camera images -> (float32 [V, 3, size, size] in [-1, 1], bool mask [V]), in the order
-    of `camera_names`. Cameras absent from `images` get an all −1 image and mask False."""
+    of `camera_names`. Cameras absent from `images` get an all −1 image and mask False (the bars'
+    0 scaled to [-1, 1] is −1 too, so only the resized part is written)."""
     pixels = np.full((len(camera_names), 3, size, size), -1.0, np.float32)
     mask = np.zeros(len(camera_names), bool)
     for i, name in enumerate(camera_names):
         image = images.get(name)
         if image is None:
             continue
-        pixels[i] = resize_with_pad(image, size).transpose(2, 0, 1) * 2.0 - 1.0
+        resized, top, left = _resized(image, size)
+        h, w = resized.shape[:2]
+        pixels[i, :, top : top + h, left : left + w] = resized.transpose(2, 0, 1) * np.float32(2.0) - np.float32(1.0)
         mask[i] = True
     return pixels, mask
