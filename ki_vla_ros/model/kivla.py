@@ -332,20 +332,20 @@ class KIVLA(nn.Module):
                          like: torch.Tensor) -> list[list[Modulation]]:
         """The expert's adaRMS modulations of every Euler step (flow time 1 − i/num_steps), from one
         time-MLP and one modulation product per norm for all steps together: [step][norm] ->
-        `Modulation` of [1, 1, We] each, or [B, H, We] with `clean` [B, H] (action-prefix tokens at
-        flow time 0: one selection for every step and norm at once). `like`: a tensor with the flow's
+        `Modulation` of [1, 1, We] each, or [B, H, We] with `clean` [B, H] (action-prefix tokens take
+        the modulation of flow time 0). `like`: a tensor with the flow's
         dtype and device (t is rounded to it, as the steps' t)."""
         t = torch.tensor([1.0 - i / num_steps for i in range(num_steps)], dtype=like.dtype, device=like.device)
 
         def table(cond):  # [S', norms, 3, 1, 1, We] for the conditions of S' flow times
             return torch.stack([torch.stack(m, 1) for m in self.transformer.expert_modulations(cond)], 1)[:, :, :, None]
 
-        mods = table(self.time_condition(t))
-        if clean is not None:  # [S, norms, 3, B, H, We]
-            mods = torch.where(clean[:, :, None], table(self.time_condition(torch.zeros_like(t[:1]))), mods)
-        b, n, we = mods.shape[-3:]
-        parts = mods.reshape(-1, n, we).split(b)  # one [B | 1, H | 1, We] per step, norm and part
-        norms = mods.shape[1]
+        parts = table(self.time_condition(t)).flatten(0, 2).unbind(0)  # S · norms · 3 of [1, 1, We]
+        norms = len(parts) // (3 * num_steps)
+        if clean is not None:  # selected per step, norm and part: each Where sits beside its one use,
+            # where the compiler fuses it (one [S, norms, 3, B, H, We] table would be written per chunk)
+            at_zero = table(self.time_condition(torch.zeros_like(t[:1]))).flatten(0, 2).unbind(0)
+            parts = [torch.where(clean[..., None], at_zero[j % (3 * norms)], p) for j, p in enumerate(parts)]
         return [[Modulation(*parts[3 * (s * norms + i): 3 * (s * norms + i) + 3]) for i in range(norms)]
                 for s in range(num_steps)]
 
