@@ -3,10 +3,11 @@
     policy = Policy.load("models/aloha_pick4", backend="onnxruntime")
     out = policy.infer(Observation(images={...}, state=q, instruction="pick up the red cube"), seed=0)
     out.actions        # float64 [H, action_dim] in robot units
-    out.timings_ms     # preprocess, prefix, flow, postprocess, total
+    out.timings_ms     # preprocess, model (prefix pass + flow loop), postprocess, total
 
 The backbone runs once per observation (the prefix pass leaves per-layer K/V); the action expert
-then integrates the flow over that cache (`num_steps` Euler steps from t = 1, noise, to t = 0).
+then integrates the flow over that cache (`num_steps` Euler steps from t = 1, noise, to t = 0),
+in one `backend.chunk` call (OpenVINO: one graph; benchmarks/latency.py times the two apart).
 Noise comes from a numpy generator seeded per call (`seed`) or owned by the policy (`rng_seed`),
 so runs can be reproduced; `noise=` overrides it exactly.
 
@@ -28,7 +29,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ki_vla_ros.runtime.backends import BackendError, make_backend
 from ki_vla_ros.runtime.model_dir import Layout, ModelBundle, load_model_dir
@@ -150,22 +150,11 @@ class Policy:
             1, self.config.action_horizon, self.config.action_dim)
         prefix, prefix_len = (None, 0) if action_prefix is None else self.prefix_for_model(action_prefix, obs.state)
         t1 = time.perf_counter()
-        cache = self.backend.prefix(*inputs)
-        _sync(cache)
+        actions_norm = self.backend.chunk(inputs, noise, prefix, prefix_len)[0]  # numpy: the work is done
         t2 = time.perf_counter()
-        actions_norm = self.backend.flow(cache, noise, prefix, prefix_len)[0]
-        t3 = time.perf_counter()
         actions = self.actions_to_robot(actions_norm, obs.state)
         if not np.isfinite(actions).all():
             raise FloatingPointError("the model produced NaN or inf actions; refusing to return them")
-        t4 = time.perf_counter()
-        timings = {"preprocess": t1 - t0, "prefix": t2 - t1, "flow": t3 - t2, "postprocess": t4 - t3,
-                   "total": t4 - t0}
+        t3 = time.perf_counter()
+        timings = {"preprocess": t1 - t0, "model": t2 - t1, "postprocess": t3 - t2, "total": t3 - t0}
         return PolicyOutput(actions, {k: v * 1e3 for k, v in timings.items()})
-
-
-def _sync(cache) -> None:
-    """Wait for asynchronous GPU work so stage timings are honest."""
-    first = cache[0] if isinstance(cache, (tuple, list)) else cache
-    if isinstance(first, torch.Tensor) and first.is_cuda:
-        torch.cuda.synchronize(first.device)

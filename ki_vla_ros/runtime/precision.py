@@ -95,8 +95,8 @@ def action_error(reference, candidate, observations=3) -> dict[str, float]:
     errors = []
     for seed, obs in enumerate(synthetic_observations(reference, observations)):
         inputs, noise = reference.model_inputs(obs), reference.draw_noise(seed)
-        ref = reference.backend.flow(reference.backend.prefix(*inputs), noise)[0, :, :n]
-        out = candidate.backend.flow(candidate.backend.prefix(*inputs), noise)[0, :, :n]
+        ref = reference.backend.chunk(inputs, noise)[0, :, :n]
+        out = candidate.backend.chunk(inputs, noise)[0, :, :n]  # what `Policy.infer` runs
         errors.append(np.abs(np.asarray(out, np.float64) - ref))
     return {"max_abs_error": float(max(e.max() for e in errors)),
             "mean_abs_error": float(np.mean([e.mean() for e in errors]))}
