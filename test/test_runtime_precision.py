@@ -98,6 +98,8 @@ def test_unsupported_precisions_are_clear_errors(checked_dir):
 
 
 def test_openvino_int8_quantises_the_token_products(checked_dir):
+    from ki_vla_ros.runtime.openvino_int8 import activation_group, product_sizes
+
     """OpenVINO int8 rewrites every token-wise matrix product of both graphs (prefix: vision tower and
     backbone; flow loop: the expert in each Euler step) to int8 weights, and acts differently from the
     same graph left in fp32 weights (bf16 where the CPU has it, fp32 otherwise)."""
@@ -109,10 +111,33 @@ def test_openvino_int8_quantises_the_token_products(checked_dir):
     # q/k/v: the cache needs its keys and values alone), the image projector, and per Euler step the
     # expert's layers and its action in / out projections
     prefix = 4 * c.vision_depth + 1 + 4 * (c.depth - 1) + 1
-    assert int8.backend.int8_products == prefix + 5 * (4 * c.depth + 2)
+    import openvino as ov
+
+    core = ov.Core()
+    sizes = [s for f in ("prefix.onnx", "flow_loop.onnx")
+             for s in product_sizes(core.read_model(str(path / "onnx" / f)))]
+    assert len(sizes) == prefix + 5 * (4 * c.depth + 2)
+    # activations quantised in groups of the largest power of two (<= 128) dividing the products of
+    # 90 % of the FLOPs; only products whose K it divides get int8 weights (here all but the action input)
+    group = int8.backend.activation_group
+    assert group == activation_group(sizes) and group >= 16, (group, sizes)
+    assert int8.backend.int8_products == sum(k % group == 0 for k, _ in sizes) >= len(sizes) - 5
     obs = observation(5)
     a8, a = int8.infer(obs, seed=1).actions, same_compute.infer(obs, seed=1).actions
     assert not np.array_equal(a8, a)
+
+
+def test_activation_group_is_the_largest_power_of_two_dividing_the_bulk_of_the_work():
+    from ki_vla_ros.runtime.openvino_int8 import activation_group
+
+    # (K, FLOPs): `small`-like, the vision tower's K = 192 holds 20 % of the work: 128 would leave it out
+    small = [(32, 1), (128, 30), (256, 30), (192, 15), (768, 5), (1024, 19)]
+    assert activation_group(small) == 64
+    assert activation_group([(32, 1), (384, 20), (1536, 10), (512, 30), (2048, 39)]) == 128  # peer-like
+    assert activation_group([(1152, 30), (4304, 40), (2048, 30)]) == 16  # SigLIP So400m's MLP width
+    assert activation_group([(96, 1), (17, 1)], share=0.5) == 32  # 17 is left out
+    assert activation_group([(96, 1), (17, 1)]) == 1
+    assert activation_group([(512, 1), (1024, 1)], largest=64) == 64
 
 
 def test_per_channel_int8_weights_round_to_the_nearest_step():

@@ -43,7 +43,7 @@ import torch
 
 from ki_vla_ros.export.onnx_export import DTYPES, FLOW_INPUTS, PREFIX_INPUTS, PREFIX_OUTPUTS, ExportSpec
 from ki_vla_ros.model import KIVLA
-from ki_vla_ros.runtime.openvino_int8 import compress_matmul_weights
+from ki_vla_ros.runtime.openvino_int8 import activation_group, compress_matmul_weights, product_sizes
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 
@@ -217,15 +217,20 @@ class OpenVinoBackend:
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = threads
         self._requests, self._inputs = {}, {}
-        (prefix, n_prefix), (flow, n_flow) = self._read("prefix"), self._read("flow")
-        self.int8_products = n_prefix + n_flow
+        prefix, flow = self._read("prefix"), self._read("flow")
+        int8 = precision == "int8"
+        self.activation_group = activation_group(product_sizes(prefix) + product_sizes(flow)) if int8 else None
+        self.int8_products = len(self._int8(prefix)) + len(self._int8(flow))  # products given int8 weights
+        if self.activation_group:
+            self._config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(self.activation_group)
         self._compile("chunk", chain_prefix_flow(prefix, flow))
 
-    def _read(self, graph: str) -> tuple[Any, int]:
-        """The fp32 graph as an OpenVINO model (int8: with its products' weights made int8), and how
-        many products were given int8 weights."""
-        model = self._core.read_model(str(self._onnx_dir / self.spec.file(graph)))
-        return model, compress_matmul_weights(model) if self.precision == "int8" else 0
+    def _read(self, graph: str):
+        return self._core.read_model(str(self._onnx_dir / self.spec.file(graph)))
+
+    def _int8(self, model) -> list[int]:
+        """Precision int8: the products' weights made int8 in place (runtime/openvino_int8.py); their K."""
+        return compress_matmul_weights(model, self.activation_group) if self.activation_group else []
 
     def _compile(self, graph: str, model) -> None:
         compiled = self._core.compile_model(model, "CPU", self._config)
@@ -237,7 +242,9 @@ class OpenVinoBackend:
 
     def _run(self, graph: str, feeds: dict) -> list[np.ndarray]:
         if graph not in self._requests:
-            self._compile(graph, self._read(graph)[0])
+            model = self._read(graph)
+            self._int8(model)
+            self._compile(graph, model)
         request = self._requests[graph]
         out = request.infer({i: feeds[name] for i, name in self._inputs[graph].items()})
         return [np.array(out[port]) for port in request.model_outputs]  # copies: the request reuses its memory
