@@ -333,8 +333,8 @@ class KIVLA(nn.Module):
         """The expert's adaRMS modulations of every Euler step (flow time 1 − i/num_steps), from one
         time-MLP and one modulation product per norm for all steps together: [step][norm] ->
         `Modulation` of [1, 1, We] each, or [B, H, We] with `clean` [B, H] (action-prefix tokens take
-        the modulation of flow time 0). `like`: a tensor with the flow's
-        dtype and device (t is rounded to it, as the steps' t)."""
+        the modulation of flow time 0). `like`: a tensor with the flow's dtype and device (t is
+        rounded to it, as the steps' t)."""
         t = torch.tensor([1.0 - i / num_steps for i in range(num_steps)], dtype=like.dtype, device=like.device)
 
         def table(cond):  # [S', norms, 3, 1, 1, We] for the conditions of S' flow times

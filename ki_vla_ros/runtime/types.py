@@ -29,7 +29,7 @@ class Observation:
 @dataclass
 class PolicyOutput:
     """actions: float64 [horizon, action_dim] in robot units (de-normalised).
-    timings_ms: time spent per stage, e.g. {"preprocess", "prefix", "flow", "total"}."""
+    timings_ms: time spent per stage, e.g. {"preprocess", "model", "postprocess", "total"}."""
 
     actions: np.ndarray
     timings_ms: dict[str, float] = field(default_factory=dict)
