@@ -67,7 +67,9 @@ def test_bad_prefix_is_a_clear_error(dirs):
         policy.infer(observation(), action_prefix=bad)
 
 
-def test_onnxruntime_flow_loop_matches_torch_with_and_without_prefix(dirs, tmp_path):
+def test_exported_flow_loop_matches_torch_with_and_without_prefix(dirs, tmp_path):
+    """ONNX Runtime and OpenVINO (prefix and flow loop as one graph) against torch, fp32, with action
+    prefixes of 0, 2 and the longest trained delay; OpenVINO int8 holds the prefix rows as exactly."""
     pytest.importorskip("onnxruntime")
     from ki_vla_ros.export.cli import export_model_dir
 
@@ -75,16 +77,22 @@ def test_onnxruntime_flow_loop_matches_torch_with_and_without_prefix(dirs, tmp_p
     shutil.copytree(dirs[1], model_dir)
     export_model_dir(model_dir, num_steps=3)
     torch_policy = Policy.load(model_dir, backend="torch", num_steps=3)
-    ort_policy = Policy.load(model_dir, backend="onnxruntime", num_steps=3)
+    exported = [Policy.load(model_dir, backend="onnxruntime", num_steps=3),
+                Policy.load(model_dir, backend="openvino", num_steps=3)]
+    int8 = Policy.load(model_dir, backend="openvino", num_steps=3, precision="int8", require_check=False)
     tol = 1e-4 * (HIGH - LOW).max()
     for seed, d in ((0, 0), (1, 2), (2, MAX_DELAY)):
         obs, noise = observation(seed), torch_policy.draw_noise(seed)
         prefix = prefix_of(d, seed) if d else None
         a_t = torch_policy.infer(obs, noise=noise, action_prefix=prefix).actions
-        a_o = ort_policy.infer(obs, noise=noise, action_prefix=prefix).actions
-        assert np.abs(a_t - a_o).max() < tol, d
-        if d:
-            np.testing.assert_allclose(a_o[:d], prefix, rtol=0, atol=1e-6 * (HIGH - LOW).max())
+        outs = [policy.infer(obs, noise=noise, action_prefix=prefix).actions for policy in exported]
+        for policy, a_o in zip(exported, outs):
+            assert np.abs(a_t - a_o).max() < tol, (policy.backend.name, d)
+        a_8 = int8.infer(obs, noise=noise, action_prefix=prefix).actions
+        assert not np.allclose(a_8, a_t, rtol=0, atol=1e-6)  # int8 computes differently ...
+        for a in (*outs, a_8):  # ... but the prefix rows come back as given
+            if d:
+                np.testing.assert_allclose(a[:d], prefix, rtol=0, atol=1e-6 * (HIGH - LOW).max())
 
     # an export from before the prefix inputs is refused, saying what to do
     spec_file = model_dir / "onnx" / "export.json"
