@@ -111,11 +111,12 @@ class TorchBackend(TwoCalls):
         return x.float().cpu().numpy()
 
 
-def prefix_inputs(noise: np.ndarray, action_prefix: np.ndarray | None, action_prefix_len: int):
-    """The exported flow loop's action-prefix inputs: float32 [1, H, D] and int64 [1] (zeros: none)."""
+def flow_feeds(noise: np.ndarray, action_prefix: np.ndarray | None, action_prefix_len: int) -> dict:
+    """The exported flow loop's inputs besides the cache: noise float32 [1, H, D], and the action
+    prefix as float32 [1, H, D] and int64 [1] (zeros: none)."""
     prefix = np.zeros_like(noise, np.float32) if action_prefix is None else action_prefix.astype(np.float32)
     length = np.array([0 if action_prefix is None else int(action_prefix_len)], np.int64)
-    return prefix, length
+    return {"noise": noise.astype(np.float32, copy=False), "action_prefix": prefix, "action_prefix_len": length}
 
 
 def check_export(onnx_dir: Path, weights_sha256: str, num_steps: int, precision: str = "fp32") -> ExportSpec:
@@ -179,9 +180,7 @@ class OnnxRuntimeBackend(TwoCalls):
 
     def flow(self, cache, noise: np.ndarray, action_prefix: np.ndarray | None = None,
              action_prefix_len: int = 0) -> np.ndarray:
-        k, v, prefix_mask = cache
-        prefix, length = prefix_inputs(noise, action_prefix, action_prefix_len)
-        feeds = dict(zip(FLOW_INPUTS, (k, v, prefix_mask, noise.astype(np.float32), prefix, length)))
+        feeds = dict(zip(FLOW_INPUTS, cache)) | flow_feeds(noise, action_prefix, action_prefix_len)
         return self.flow_session.run(None, feeds)[0]
 
     def end_profiling(self) -> dict[str, Path]:
@@ -254,18 +253,13 @@ class OpenVinoBackend:
 
     def flow(self, cache, noise: np.ndarray, action_prefix: np.ndarray | None = None,
              action_prefix_len: int = 0) -> np.ndarray:
-        feeds = dict(zip(FLOW_INPUTS, cache)) | _flow_feeds(noise, action_prefix, action_prefix_len)
+        feeds = dict(zip(FLOW_INPUTS, cache)) | flow_feeds(noise, action_prefix, action_prefix_len)
         return self._run("flow", feeds)[0]
 
     def chunk(self, inputs, noise: np.ndarray, action_prefix: np.ndarray | None = None,
               action_prefix_len: int = 0) -> np.ndarray:
-        feeds = dict(zip(PREFIX_INPUTS, inputs)) | _flow_feeds(noise, action_prefix, action_prefix_len)
+        feeds = dict(zip(PREFIX_INPUTS, inputs)) | flow_feeds(noise, action_prefix, action_prefix_len)
         return self._run("chunk", feeds)[0]
-
-
-def _flow_feeds(noise: np.ndarray, action_prefix: np.ndarray | None, action_prefix_len: int) -> dict:
-    prefix, length = prefix_inputs(noise, action_prefix, action_prefix_len)
-    return {"noise": noise.astype(np.float32, copy=False), "action_prefix": prefix, "action_prefix_len": length}
 
 
 def chain_prefix_flow(prefix, flow):
@@ -368,7 +362,5 @@ class TensorRTBackend(TwoCalls):
     def flow(self, cache, noise: np.ndarray, action_prefix: np.ndarray | None = None,
              action_prefix_len: int = 0) -> np.ndarray:
         k, v, prefix_mask = cache
-        prefix, length = prefix_inputs(noise, action_prefix, action_prefix_len)
-        out = self.flow_engine(k=k, v=v, prefix_mask=prefix_mask, noise=noise, action_prefix=prefix,
-                               action_prefix_len=length)
+        out = self.flow_engine(k=k, v=v, prefix_mask=prefix_mask, **flow_feeds(noise, action_prefix, action_prefix_len))
         return out["actions"].float().cpu().numpy()
