@@ -127,6 +127,18 @@ def test_openvino_int8_quantises_the_token_products(checked_dir):
     assert not np.array_equal(a8, a)
 
 
+def test_openvino_runs_each_rotary_embedding_as_one_fused_node(checked_dir):
+    """`attention.apply_rope` is written in the form OpenVINO's RoPE fusion recognises: the compiled
+    chunk runs one RoPE node per backbone layer of the prefix and per expert layer and Euler step of the
+    flow loop, instead of a split, a concatenation and the products (docs/runtime.md)."""
+    path, _ = checked_dir
+    policy = Policy.load(path, backend="openvino", num_steps=5)
+    graph = policy.backend._requests["chunk"].get_compiled_model().get_runtime_model()
+    kinds = [op.get_rt_info()["layerType"].astype(str) for op in graph.get_ordered_ops()]
+    c = policy.config
+    assert kinds.count("RoPE") == c.depth + 5 * c.depth
+
+
 def test_activation_group_is_the_largest_power_of_two_dividing_the_bulk_of_the_work():
     from ki_vla_ros.runtime.openvino_int8 import activation_group
 
