@@ -59,7 +59,7 @@ def test_child_process_runs_at_the_given_nice_increment(tmp_path):
         assert int((tmp_path / f"{nice}.log").read_text()) == os.nice(0) + nice
 
 
-def test_backend_auto_is_onnxruntime_for_the_flow_policy_and_torch_for_a_policy_class(tiny_model, tmp_path):
+def test_backend_auto_is_checked_openvino_int8_or_onnxruntime_and_torch_for_a_policy_class(tiny_model, tmp_path):
     import argparse
 
     from ki_vla_ros.ros.demo import _common_args, _rig
@@ -75,8 +75,18 @@ def test_backend_auto_is_onnxruntime_for_the_flow_policy_and_torch_for_a_policy_
         ap.parse_args(["--sim-nice", "-3"])
     model = tmp_path / "m"  # a copy: the module's folder stays unexported for the demo test
     shutil.copytree(tiny_model, model, ignore=shutil.ignore_patterns("onnx"))
-    assert _rig(ap.parse_args(["--model", str(model)]), tmp_path, False).backend == "onnxruntime"
+    rig = _rig(ap.parse_args(["--model", str(model)]), tmp_path, False)  # no precision checked
+    assert (rig.backend, rig.precision) == ("onnxruntime", "fp32")
     assert (model / "onnx" / "export.json").is_file()
+    # once OpenVINO int8 has passed its check on this folder, auto runs it; an explicit precision
+    # keeps ONNX Runtime
+    from ki_vla_ros.export.cli import export_model_dir
+
+    assert export_model_dir(model, precisions=("fp32", "int8"))["checks"]["openvino/int8"]["ok"]
+    rig = _rig(ap.parse_args(["--model", str(model)]), tmp_path, False)
+    assert (rig.backend, rig.precision) == ("openvino", "int8")
+    rig = _rig(ap.parse_args(["--model", str(model), "--precision", "fp32"]), tmp_path, False)
+    assert (rig.backend, rig.precision) == ("onnxruntime", "fp32")
 
 
 def test_summary_per_task_per_instruction_and_overall():
@@ -124,9 +134,10 @@ def test_demo_runs_an_episode_and_saves_video_and_plot(tiny_model, ros_env, tmp_
                   "control latency:", "chunks:", "progress:"):
         assert field in proc.stdout, logs
     assert "pick up the blue cube with the right arm" in proc.stdout
-    # the default backend is ONNX Runtime: the folder had no export, so the demo made it first
+    # with no precision checked the default backend is ONNX Runtime fp32: the folder had no export,
+    # so the demo made it first
     assert f"exported {tiny_model / 'onnx'}" in proc.stdout and (tiny_model / "onnx" / "export.json").is_file()
-    assert "backend onnxruntime" in proc.stdout
+    assert "backend onnxruntime, precision fp32" in proc.stdout
     assert (out / "episode.mp4").stat().st_size > 1000 or (out / "episode.png").is_file()
     assert (out / "joints.png").stat().st_size > 1000
     report = json.loads((out / "report.json").read_text())

@@ -15,7 +15,7 @@ from test_runtime_policy import HIGH, LOW, observation, trained_like_dir
 from ki_vla_ros.export.cli import export_model_dir
 from ki_vla_ros.runtime import BackendError, Policy
 from ki_vla_ros.runtime.model_dir import WEIGHTS, load_model_dir
-from ki_vla_ros.runtime.precision import BOUNDS, RECORD, PrecisionError, action_error
+from ki_vla_ros.runtime.precision import BOUNDS, RECORD, PrecisionError, action_error, cpu_backend
 
 pytest.importorskip("onnxruntime")
 ov = pytest.importorskip("openvino")
@@ -81,6 +81,28 @@ def test_other_weights_need_a_new_check_and_a_failed_check_is_refused(checked_di
     assert export_model_dir(path, num_steps=5, precisions=("bf16",))["checks"]["torch/bf16"]["ok"] is False
     with pytest.raises(PrecisionError, match=r"bf16 on torch failed its check \(max action error .* > 1e-09\)"):
         Policy.load(path, precision="bf16", num_steps=5)
+
+
+def test_cpu_default_is_openvino_int8_only_while_its_check_holds_for_these_weights(checked_dir, tmp_path,
+                                                                                    monkeypatch):
+    """`cpu_backend` (the demo's and `ki-vla eval`'s `--backend auto`): OpenVINO int8 where the folder
+    records a passed check of it for its weights; ONNX Runtime fp32 for other weights, a failed
+    check, or no record."""
+    path, result = checked_dir
+    assert result["checks"]["openvino/int8"]["ok"] and cpu_backend(path) == ("openvino", "int8")
+    copy = tmp_path / "m"
+    shutil.copytree(path, copy)
+    monkeypatch.setitem(BOUNDS, "int8", 1e-9)
+    assert export_model_dir(copy, num_steps=5, precisions=("int8",))["checks"]["openvino/int8"]["ok"] is False
+    assert cpu_backend(copy) == ("onnxruntime", "fp32")
+    shutil.copy(path / RECORD, copy / RECORD)
+    assert cpu_backend(copy) == ("openvino", "int8")
+    tensors = load_file(copy / WEIGHTS)
+    name = sorted(tensors)[-1]
+    save_file({**tensors, name: tensors[name] * 1.01}, copy / WEIGHTS)
+    assert cpu_backend(copy) == ("onnxruntime", "fp32")
+    (copy / RECORD).unlink()
+    assert cpu_backend(copy) == ("onnxruntime", "fp32")
 
 
 def test_unsupported_precisions_are_clear_errors(checked_dir):

@@ -541,11 +541,12 @@ def _common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", default="",
                     help="model folder (default: the model of config/embodiments/aloha_bimanual.yaml)")
     ap.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
-                    help="the policy node's backend [auto: onnxruntime, the faster one on a CPU (the model "
-                         "folder's ONNX export is made on first use); torch with --policy-class]")
+                    help="the policy node's backend [auto: openvino int8 where the model folder records it as "
+                         "checked against fp32, else onnxruntime fp32 (the ONNX export is made on first use); "
+                         "onnxruntime with an explicit --precision; torch with --policy-class]")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
                     help="what the policy computes in (other than fp32: only once `ki-vla export --precision` "
-                         "has checked it on this model folder) [auto: fp32 on torch and onnxruntime]")
+                         "has checked it on this model folder) [auto: see --backend; fp32 on torch and onnxruntime]")
     ap.add_argument("--duration", type=float, default=None,
                     help="episode length in sim seconds (default: 8 for picks, 15 for hand-overs)")
     ap.add_argument("--image-size", type=int, default=0,
@@ -582,19 +583,25 @@ def model_image_size(model_dir: Path) -> int:
 def _rig(opts, out: Path, record_video: bool) -> SimRig:
     model = resolve_model(opts.model)
     size = opts.image_size or model_image_size(model)
-    backend = opts.backend
-    if backend == "auto":  # the flow policy on ONNX Runtime; a --policy-class on the backend it was written for
-        backend = "torch" if opts.policy_class else "onnxruntime"
+    backend, precision = opts.backend, opts.precision
+    if backend == "auto" and opts.policy_class:  # a --policy-class on the backend it was written for
+        backend = "torch"
+    elif backend == "auto" and precision == "auto":  # the fastest checked CPU path
+        from ki_vla_ros.runtime.precision import cpu_backend
+
+        backend, precision = cpu_backend(model)
+    elif backend == "auto":
+        backend = "onnxruntime"
     if backend in ("onnxruntime", "openvino") and not opts.policy_class:
         from ki_vla_ros.export.cli import ensure_export
 
         print(f"checking the ONNX export of {model} (made once per weights; ~20 s for `small`) ...", flush=True)
-        if ensure_export(model, opts.num_steps, opts.precision, backend):
+        if ensure_export(model, opts.num_steps, precision, backend):
             print(f"exported {model / 'onnx'}", flush=True)
     return SimRig(model, backend=backend, log_dir=out / "logs",
                   image_size=size, camera_every=opts.camera_every, render_quality=opts.render_quality,
                   real_time_factor=opts.real_time_factor, num_steps=opts.num_steps, record_video=record_video,
-                  threads=opts.threads, policy_class=opts.policy_class, precision=opts.precision,
+                  threads=opts.threads, policy_class=opts.policy_class, precision=precision,
                   sim_nice=opts.sim_nice)
 
 
@@ -615,8 +622,8 @@ def demo_main(argv: list[str] | None = None) -> int:
     except DemoError as exc:
         print(f"ki-vla demo: {exc}", file=sys.stderr)
         return 2
-    print(f"ki-vla demo: starting the sim and the policy node (model {rig.model_dir}, backend {rig.backend}) ...",
-          flush=True)
+    print(f"ki-vla demo: starting the sim and the policy node (model {rig.model_dir}, backend {rig.backend}, "
+          f"precision {rig.precision}) ...", flush=True)
     try:
         rig.start()
         print(f"running {opts.task} (seed {opts.seed}; ROS_DOMAIN_ID {os.environ.get('ROS_DOMAIN_ID')}) ...",
@@ -638,7 +645,8 @@ def demo_main(argv: list[str] | None = None) -> int:
 
     files.append(save_joint_plot(r.recording, JOINT_NAMES, out / "joints.png",
                                  f"{r.task} seed {r.seed}: success {r.success}"))
-    report = {**r.summary(), "model": str(rig.model_dir), "backend": rig.backend, "exit_codes": codes}
+    report = {**r.summary(), "model": str(rig.model_dir), "backend": rig.backend, "precision": rig.precision,
+              "exit_codes": codes}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     files.append(out / "report.json")
     print("saved:                 " + ", ".join(str(f) for f in files))
@@ -700,7 +708,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     rig.close()
     summary = summarize(results)
     print(format_table(summary))
-    meta = {"model": str(rig.model_dir), "backend": rig.backend, "episodes_per_task": opts.episodes,
+    meta = {"model": str(rig.model_dir), "backend": rig.backend, "precision": rig.precision,
+            "episodes_per_task": opts.episodes,
             "first_seed": opts.seed, "duration": opts.duration, "image_size": opts.image_size,
             "camera_every": opts.camera_every, "render_quality": opts.render_quality,
             "real_time_factor": opts.real_time_factor, "num_steps": opts.num_steps,

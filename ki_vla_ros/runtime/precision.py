@@ -60,6 +60,19 @@ def checked(record: dict, weights_sha256: str) -> dict[str, dict]:
     return record.get("checks", {}) if record.get("weights_sha256") == weights_sha256 else {}
 
 
+def cpu_backend(model_dir: str | Path) -> tuple[str, str]:
+    """The (backend, precision) a CPU machine runs the flow policy of `model_dir` on when nothing is
+    asked for (the demo's and `ki-vla eval`'s `--backend auto`): OpenVINO int8 once the folder records
+    that it passed its check for these weights (about half ONNX Runtime fp32's time per chunk, and
+    the same closed-loop success on the bundled model: models/aloha_pick4/README.md), else ONNX
+    Runtime fp32."""
+    from ki_vla_ros.runtime.model_dir import WEIGHTS, file_sha256
+
+    path = Path(model_dir)
+    entry = checked(load_record(path), file_sha256(path / WEIGHTS)).get("openvino/int8")
+    return ("openvino", "int8") if entry and entry.get("ok") else ("onnxruntime", "fp32")
+
+
 def require_checked(model_dir: Path, weights_sha256: str, backend: str, precision: str) -> None:
     """Raise PrecisionError unless `precision` on `backend` passed its check for these weights."""
     if precision == "fp32" or backend == "tensorrt":
