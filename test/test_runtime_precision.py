@@ -15,7 +15,7 @@ from test_runtime_policy import HIGH, LOW, observation, trained_like_dir
 from ki_vla_ros.export.cli import export_model_dir
 from ki_vla_ros.runtime import BackendError, Policy
 from ki_vla_ros.runtime.model_dir import WEIGHTS, load_model_dir
-from ki_vla_ros.runtime.precision import BOUNDS, RECORD, PrecisionError, action_error, cpu_backend
+from ki_vla_ros.runtime.precision import BOUNDS, RECORD, PrecisionError, action_error, cpu_backend, machine
 
 pytest.importorskip("onnxruntime")
 ov = pytest.importorskip("openvino")
@@ -86,8 +86,8 @@ def test_other_weights_need_a_new_check_and_a_failed_check_is_refused(checked_di
 def test_cpu_default_is_openvino_int8_only_while_its_check_holds_for_these_weights(checked_dir, tmp_path,
                                                                                     monkeypatch):
     """`cpu_backend` (the demo's and `ki-vla eval`'s `--backend auto`): OpenVINO int8 where the folder
-    records a passed check of it for its weights; ONNX Runtime fp32 for other weights, a failed
-    check, or no record."""
+    records a passed check of it for its weights on this kind of machine; ONNX Runtime fp32 for a
+    failed check, a check made on another kind of machine, other weights, or no record."""
     path, result = checked_dir
     assert result["checks"]["openvino/int8"]["ok"] and cpu_backend(path) == ("openvino", "int8")
     copy = tmp_path / "m"
@@ -97,6 +97,11 @@ def test_cpu_default_is_openvino_int8_only_while_its_check_holds_for_these_weigh
     assert cpu_backend(copy) == ("onnxruntime", "fp32")
     shutil.copy(path / RECORD, copy / RECORD)
     assert cpu_backend(copy) == ("openvino", "int8")
+    record = json.loads((copy / RECORD).read_text())  # checked on another kind of machine
+    record["checks"]["openvino/int8"]["machine"] = "aarch64" if machine() != "aarch64" else "x86_64"
+    (copy / RECORD).write_text(json.dumps(record))
+    assert cpu_backend(copy) == ("onnxruntime", "fp32")
+    shutil.copy(path / RECORD, copy / RECORD)
     tensors = load_file(copy / WEIGHTS)
     name = sorted(tensors)[-1]
     save_file({**tensors, name: tensors[name] * 1.01}, copy / WEIGHTS)

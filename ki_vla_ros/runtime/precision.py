@@ -60,17 +60,23 @@ def checked(record: dict, weights_sha256: str) -> dict[str, dict]:
     return record.get("checks", {}) if record.get("weights_sha256") == weights_sha256 else {}
 
 
+def machine() -> str:
+    """The machine kind a check records and `cpu_backend` compares (e.g. x86_64, arm)."""
+    return platform.processor() or platform.machine()
+
+
 def cpu_backend(model_dir: str | Path) -> tuple[str, str]:
     """The (backend, precision) a CPU machine runs the flow policy of `model_dir` on when nothing is
     asked for (the demo's and `ki-vla eval`'s `--backend auto`): OpenVINO int8 once the folder records
-    that it passed its check for these weights (about half ONNX Runtime fp32's time per chunk, and
-    the same closed-loop success on the bundled model: models/aloha_pick4/README.md), else ONNX
-    Runtime fp32."""
+    that it passed its check for these weights on this kind of machine (about half ONNX Runtime
+    fp32's time per chunk, and the same closed-loop success on the bundled model:
+    models/aloha_pick4/README.md), else ONNX Runtime fp32."""
     from ki_vla_ros.runtime.model_dir import WEIGHTS, file_sha256
 
     path = Path(model_dir)
     entry = checked(load_record(path), file_sha256(path / WEIGHTS)).get("openvino/int8")
-    return ("openvino", "int8") if entry and entry.get("ok") else ("onnxruntime", "fp32")
+    ok = entry is not None and entry.get("ok") and entry.get("machine") == machine()
+    return ("openvino", "int8") if ok else ("onnxruntime", "fp32")
 
 
 def require_checked(model_dir: Path, weights_sha256: str, backend: str, precision: str) -> None:
@@ -128,7 +134,7 @@ def verify_precision(model_dir: str | Path, backend: str, precision: str, num_st
     entry = action_error(reference, candidate, observations)
     entry.update(bound=BOUNDS[precision], ok=entry["max_abs_error"] <= BOUNDS[precision],
                  num_steps=reference.num_steps, observations=observations,
-                 machine=platform.processor() or platform.machine())
+                 machine=machine())
     record = load_record(model_dir)
     checks = checked(record, reference.bundle.weights_sha256)
     checks[f"{backend}/{precision}"] = {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in entry.items()}
