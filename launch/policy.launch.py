@@ -41,8 +41,9 @@ def generate_launch_description():
         DeclareLaunchArgument(
             "backend",
             default_value="torch",
-            choices=["torch", "onnxruntime", "openvino", "tensorrt"],
-            description="inference backend (onnxruntime, openvino and tensorrt need `ki-vla export` first)",
+            choices=["auto", "torch", "onnxruntime", "openvino", "tensorrt"],
+            description="inference backend (onnxruntime, openvino and tensorrt need `ki-vla export` first; "
+            "auto: the fastest path checked for these weights on this CPU, exported on first configure)",
         ),
         DeclareLaunchArgument(
             "precision",

@@ -13,6 +13,8 @@ import sys
 import pytest
 from ros_helpers import HERE, REPO, launch_missing
 
+from ki_vla_ros.control.policy_loader import BACKENDS
+
 LAUNCH = REPO / "launch"
 ROBOT_FILES = {"bimanual.launch.py": "aloha_bimanual", "mobile_bimanual.launch.py": "mobile_aloha",
                "single_arm.launch.py": "franka_single_arm"}
@@ -35,8 +37,8 @@ def test_every_argument_is_described_with_its_choices(name):
         assert a.description and a.description != "no description given", (name, a.name)
     # the policy node's arguments reach every file (robot files include policy.launch.py)
     assert {"model", "backend", "policy_class", "instruction", "autostart", "activate", "params_file"} <= set(args)
-    assert args["backend"].choices == ["torch", "onnxruntime", "openvino", "tensorrt"]
-    assert "Valid choices are: ['torch', 'onnxruntime', 'openvino', 'tensorrt']" in args["backend"].description
+    assert args["backend"].choices == list(BACKENDS)  # what load_policy takes, "auto" included
+    assert f"Valid choices are: {list(BACKENDS)}" in args["backend"].description
     for b in BOOLEANS:
         assert set(args[b].choices) <= {"true", "false"}, (name, b, args[b].choices)
     assert "lifecycle" in args["activate"].description

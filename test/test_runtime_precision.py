@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from test_runtime_policy import HIGH, LOW, observation, trained_like_dir
 
+from ki_vla_ros.control.policy_loader import load_policy, resolve_backend
 from ki_vla_ros.export.cli import export_model_dir
 from ki_vla_ros.runtime import BackendError, Policy
 from ki_vla_ros.runtime.model_dir import WEIGHTS, load_model_dir
@@ -192,3 +193,27 @@ def test_per_channel_int8_weights_round_to_the_nearest_step():
     q, scale = quantize_per_channel(w, 1)
     assert scale[0, 5] == 1.0 and not q[:, 5].any()
     assert np.array_equal(np.abs(q).max(axis=0)[[0, 1, 47]], [127, 127, 127])  # each channel uses its full range
+
+
+def test_auto_backend_runs_the_checked_cpu_path_and_exports_what_it_needs(checked_dir, tmp_path):
+    """`backend="auto"` (the node's, `ki-vla run`'s, the demo's): `resolve_backend` picks OpenVINO int8
+    where the folder records its check, ONNX Runtime fp32 where it records none — exported on load —
+    and passes named backends through; `load_policy` then runs what it picked."""
+    path, _ = checked_dir
+    assert resolve_backend(path, "openvino", "bf16") == ("openvino", "bf16")
+    assert resolve_backend(path, "auto", "auto", policy_class="pkg.mod:Cls") == ("torch", "auto")
+    assert resolve_backend(path, "auto", "int8") == ("onnxruntime", "int8")
+    with pytest.raises(ValueError, match="backend 'onnx': choose one of auto, torch"):
+        resolve_backend(path, "onnx")
+    policy = load_policy(path, backend="auto", num_steps=5)
+    assert (policy.backend.name, policy.precision) == ("openvino", "int8")
+
+    fresh = tmp_path / "fresh"  # the same weights, never exported: no onnx/, no precision record
+    shutil.copytree(path, fresh, ignore=shutil.ignore_patterns("onnx", RECORD))
+    assert not (fresh / "onnx").exists() and not (fresh / RECORD).exists()
+    policy = load_policy(fresh, backend="auto", num_steps=5)
+    assert (policy.backend.name, policy.precision) == ("onnxruntime", "fp32") and (fresh / "onnx").is_dir()
+    reference = load_policy(fresh, backend="torch", num_steps=5)
+    obs = observation(seed=4)
+    np.testing.assert_allclose(policy.infer(obs, seed=2).actions, reference.infer(obs, seed=2).actions,
+                               atol=1e-4)

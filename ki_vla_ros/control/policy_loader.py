@@ -32,15 +32,46 @@ def import_class(spec: str) -> Any:
     return obj
 
 
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
+
+
+def resolve_backend(model_dir: str | Path, backend: str, precision: str = "auto",
+                    policy_class: str = "") -> tuple[str, str]:
+    """The (backend, precision) that ``backend="auto"`` stands for; named backends pass through.
+    A custom policy class: torch (the backend it is written for). Precision "auto": the fastest path
+    checked for these weights on this kind of CPU (runtime/precision.py, `cpu_backend`: OpenVINO int8
+    where the folder records its check, else ONNX Runtime fp32). A named precision: ONNX Runtime.
+    On a GPU machine name `tensorrt` (or `torch`) instead: "auto" chooses among the CPU paths."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend, precision
+    if policy_class:
+        return "torch", precision
+    if precision == "auto":
+        from ki_vla_ros.runtime.precision import cpu_backend
+
+        return cpu_backend(model_dir)
+    return "onnxruntime", precision
+
+
 def load_policy(
     model_dir: str | Path, backend: str = "torch", num_steps: int = 0, policy_class: str = "",
     threads: int = 0, precision: str = "auto",
 ) -> Any:
-    """``num_steps`` 0: the model folder's num_flow_steps (passed on as None). ``threads`` > 0:
-    intra-op threads of torch (and of ONNX Runtime for the project's runtime);
-    0 keeps the libraries' defaults (one per core). ``precision``: the project's runtime's
-    (runtime/precision.py); a custom policy class gets it only when it is not "auto" (an error
-    naming the class when its load() has no such argument)."""
+    """``backend`` "auto": `resolve_backend`'s choice, exported first where the folder has no ONNX
+    export of these weights yet (a one-time cost, ~20 s for `small`); a named ONNX Runtime or
+    OpenVINO backend needs `ki-vla export` first and says so. ``num_steps`` 0: the model folder's
+    num_flow_steps (passed on as None). ``threads`` > 0: intra-op threads of torch (and of ONNX
+    Runtime for the project's runtime); 0 keeps the libraries' defaults (one per core).
+    ``precision``: the project's runtime's (runtime/precision.py); a custom policy class gets it
+    only when it is not "auto" (an error naming the class when its load() has no such argument)."""
+    asked = backend
+    backend, precision = resolve_backend(model_dir, backend, precision, policy_class)
+    if asked == "auto" and backend in ("onnxruntime", "openvino"):
+        from ki_vla_ros.export.cli import ensure_export
+
+        ensure_export(model_dir, num_steps or None, precision, backend)
     if threads > 0:
         try:
             import torch

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from ki_vla_ros.control.policy_loader import BACKENDS
+
 
 def default_params_file() -> Path:
     from ki_vla_ros.embodiment import share_dir
@@ -32,7 +34,8 @@ def run_main(argv: list[str]) -> int:
         "--embodiment", default="aloha_bimanual", help="name in config/embodiments/ or a YAML path"
     )
     ap.add_argument("--model", default="", help="model folder (default: the embodiment's)")
-    ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "openvino", "tensorrt"])
+    ap.add_argument("--backend", default="torch", choices=BACKENDS,
+                    help="auto: the fastest path checked for the model's weights on this CPU [torch]")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
                     help="what the backend computes in; other than fp32 once `ki-vla export --precision` has "
                          "checked it on the model folder [auto]")
@@ -264,7 +267,8 @@ def eval_bag_main(argv: list[str]) -> int:
     ap.add_argument("bag")
     ap.add_argument("--model", default="", help="model folder (default: the embodiment's)")
     ap.add_argument("--embodiment", default="aloha_bimanual")
-    ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "openvino", "tensorrt"])
+    ap.add_argument("--backend", default="torch", choices=BACKENDS,
+                    help="auto: the fastest path checked for the model's weights on this CPU [torch]")
     ap.add_argument("--policy-class", default="", help="custom policy 'module:Class'")
     ap.add_argument("--num-steps", type=int, default=0, help="flow-matching steps [0: the model folder's]")
     ap.add_argument("--instruction", default=None,

@@ -583,15 +583,9 @@ def model_image_size(model_dir: Path) -> int:
 def _rig(opts, out: Path, record_video: bool) -> SimRig:
     model = resolve_model(opts.model)
     size = opts.image_size or model_image_size(model)
-    backend, precision = opts.backend, opts.precision
-    if backend == "auto" and opts.policy_class:  # a --policy-class on the backend it was written for
-        backend = "torch"
-    elif backend == "auto" and precision == "auto":  # the fastest checked CPU path
-        from ki_vla_ros.runtime.precision import cpu_backend
+    from ki_vla_ros.control.policy_loader import resolve_backend
 
-        backend, precision = cpu_backend(model)
-    elif backend == "auto":
-        backend = "onnxruntime"
+    backend, precision = resolve_backend(model, opts.backend, opts.precision, opts.policy_class)
     if backend in ("onnxruntime", "openvino") and not opts.policy_class:
         from ki_vla_ros.export.cli import ensure_export
 

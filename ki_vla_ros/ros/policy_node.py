@@ -17,7 +17,9 @@ SIGINT / SIGTERM: a running node holds the robot, stops its inference thread and
 Parameters (the configuration ones, marked *, can be changed only while unconfigured):
   embodiment* (str)     name in config/embodiments/ or path to a YAML file [aloha_bimanual]
   model* (str)          model folder; '' = the embodiment's (relative to the package share dir)
-  backend* (str)        torch | onnxruntime | openvino | tensorrt [torch]
+  backend* (str)        auto | torch | onnxruntime | openvino | tensorrt; auto: the fastest path
+                        checked for the model's weights on this kind of CPU (OpenVINO int8, else
+                        ONNX Runtime fp32), exported on first configure [torch]
   precision* (str)      auto | fp32 | bf16 | fp16 | int8: what the backend computes in; other than
                         fp32 only once the model folder records it as checked (docs/runtime.md,
                         "Precision") [auto: fp32 on torch / onnxruntime, bf16 or fp16 on tensorrt]
@@ -137,7 +139,7 @@ class PolicyNode(LifecycleNode):
 
         self.declare_parameter("embodiment", "aloha_bimanual", conf("name in config/embodiments/ or a YAML path"))
         self.declare_parameter("model", "", conf("model folder; '' = the embodiment's"))
-        self.declare_parameter("backend", "torch", conf("torch | onnxruntime | openvino | tensorrt"))
+        self.declare_parameter("backend", "torch", conf("auto | torch | onnxruntime | openvino | tensorrt"))
         self.declare_parameter("precision", "auto", conf("auto | fp32 | bf16 | fp16 | int8 (checked ones only)"))
         self.declare_parameter("policy_class", "", conf("'' = ki_vla_ros.runtime.Policy; 'module:Class' = custom"))
         self.declare_parameter("num_steps", 0, conf("flow-matching integration steps (0: the model folder's)"))
@@ -268,6 +270,9 @@ class PolicyNode(LifecycleNode):
             policy_class=self._p("policy_class"),
             threads=int(self._p("threads")),
         )
+        runs_on = getattr(getattr(self.policy, "backend", None), "name", None)
+        if runs_on:
+            self.get_logger().info(f"policy runs on {runs_on} in {getattr(self.policy, 'precision', '?')}")
         self.mapper = LayoutMapper(emb, self.policy)
         self.executor_ = ChunkExecutor(emb)
         self._warm_up()
