@@ -4,6 +4,7 @@ action error against fp32 on the same inputs and noise stays under the bound; ba
 clearly."""
 
 import json
+import platform
 import shutil
 
 import numpy as np
@@ -13,10 +14,11 @@ from safetensors.torch import load_file, save_file
 from test_runtime_policy import HIGH, LOW, observation, trained_like_dir
 
 from ki_vla_ros.control.policy_loader import load_policy, resolve_backend
+from ki_vla_ros.export import cli as export_cli
 from ki_vla_ros.export.cli import export_model_dir
 from ki_vla_ros.runtime import BackendError, Policy
 from ki_vla_ros.runtime.model_dir import WEIGHTS, load_model_dir
-from ki_vla_ros.runtime.precision import BOUNDS, RECORD, PrecisionError, action_error, cpu_backend, machine
+from ki_vla_ros.runtime.precision import BOUNDS, ISA_FLAGS, RECORD, PrecisionError, action_error, cpu_backend, machine
 
 pytest.importorskip("onnxruntime")
 ov = pytest.importorskip("openvino")
@@ -98,11 +100,17 @@ def test_cpu_default_is_openvino_int8_only_while_its_check_holds_for_these_weigh
     assert cpu_backend(copy) == ("onnxruntime", "fp32")
     shutil.copy(path / RECORD, copy / RECORD)
     assert cpu_backend(copy) == ("openvino", "int8")
-    record = json.loads((copy / RECORD).read_text())  # checked on another kind of machine
-    record["checks"]["openvino/int8"]["machine"] = "aarch64" if machine() != "aarch64" else "x86_64"
-    (copy / RECORD).write_text(json.dumps(record))
-    assert cpu_backend(copy) == ("onnxruntime", "fp32")
-    shutil.copy(path / RECORD, copy / RECORD)
+    assert machine().split()[0] == platform.machine() and set(machine().split()[1:]) <= set(ISA_FLAGS)
+    arch, *flags = machine().split()
+    other_arch = "aarch64" if arch != "aarch64" else "x86_64"
+    other_isa = " ".join([arch, *(flags[:-1] if flags else ["avx2"])])  # one extension less (or more)
+    for kind in (other_arch, other_isa):  # checked on another kind of machine
+        record = json.loads((copy / RECORD).read_text())
+        record["checks"]["openvino/int8"]["machine"] = kind
+        (copy / RECORD).write_text(json.dumps(record))
+        assert cpu_backend(copy) == ("onnxruntime", "fp32"), kind
+        shutil.copy(path / RECORD, copy / RECORD)
+    assert cpu_backend(copy) == ("openvino", "int8")
     tensors = load_file(copy / WEIGHTS)
     name = sorted(tensors)[-1]
     save_file({**tensors, name: tensors[name] * 1.01}, copy / WEIGHTS)
@@ -195,18 +203,30 @@ def test_per_channel_int8_weights_round_to_the_nearest_step():
     assert np.array_equal(np.abs(q).max(axis=0)[[0, 1, 47]], [127, 127, 127])  # each channel uses its full range
 
 
-def test_auto_backend_runs_the_checked_cpu_path_and_exports_what_it_needs(checked_dir, tmp_path):
+def test_auto_backend_runs_the_checked_cpu_path_and_exports_what_it_needs(checked_dir, tmp_path, monkeypatch):
     """`backend="auto"` (the node's, `ki-vla run`'s, the demo's): `resolve_backend` picks OpenVINO int8
     where the folder records its check, ONNX Runtime fp32 where it records none — exported on load —
     and passes named backends through; `load_policy` then runs what it picked."""
-    path, _ = checked_dir
+    path, result = checked_dir
     assert resolve_backend(path, "openvino", "bf16") == ("openvino", "bf16")
     assert resolve_backend(path, "auto", "auto", policy_class="pkg.mod:Cls") == ("torch", "auto")
-    assert resolve_backend(path, "auto", "int8") == ("onnxruntime", "int8")
+    assert resolve_backend(path, "my_engine", policy_class="pkg.mod:Cls") == ("my_engine", "auto")
     with pytest.raises(ValueError, match="backend 'onnx': choose one of auto, torch"):
         resolve_backend(path, "onnx")
+    # a named precision: the fastest CPU backend whose check of it passed here (fp32 needs none)
+    assert resolve_backend(path, "auto", "fp32") == ("onnxruntime", "fp32")
+    assert resolve_backend(path, "auto", "int8") == ("openvino", "int8")
+    passed = [b for b in ("openvino", "onnxruntime", "torch") if result["checks"].get(f"{b}/bf16", {}).get("ok")]
+    assert passed and resolve_backend(path, "auto", "bf16") == (passed[0], "bf16")
+    with pytest.raises(ValueError, match=r"no CPU backend's fp16 check passed .* --precision fp16"):
+        resolve_backend(path, "auto", "fp16")
     policy = load_policy(path, backend="auto", num_steps=5)
     assert (policy.backend.name, policy.precision) == ("openvino", "int8")
+
+    kept = tmp_path / "kept"  # as a fresh clone of a checked folder: the record, no onnx/ (`make run`)
+    shutil.copytree(path, kept, ignore=shutil.ignore_patterns("onnx"))
+    policy = load_policy(kept, backend="auto", num_steps=5)
+    assert (policy.backend.name, policy.precision) == ("openvino", "int8") and (kept / "onnx").is_dir()
 
     fresh = tmp_path / "fresh"  # the same weights, never exported: no onnx/, no precision record
     shutil.copytree(path, fresh, ignore=shutil.ignore_patterns("onnx", RECORD))
@@ -217,3 +237,13 @@ def test_auto_backend_runs_the_checked_cpu_path_and_exports_what_it_needs(checke
     obs = observation(seed=4)
     np.testing.assert_allclose(policy.infer(obs, seed=2).actions, reference.infer(obs, seed=2).actions,
                                atol=1e-4)
+
+    unwritable = tmp_path / "unwritable"  # e.g. installed read-only: the export fails with a message
+    shutil.copytree(path, unwritable, ignore=shutil.ignore_patterns("onnx", RECORD))
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(unwritable / "onnx"))
+
+    monkeypatch.setattr(export_cli, "export_model_dir", refuse)
+    with pytest.raises(BackendError, match=r"unwritable: cannot write its ONNX export .*Permission denied.*torch"):
+        load_policy(unwritable, backend="auto", num_steps=5)

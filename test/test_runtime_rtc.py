@@ -99,5 +99,5 @@ def test_exported_flow_loop_matches_torch_with_and_without_prefix(dirs, tmp_path
     spec = json.loads(spec_file.read_text())
     del spec["version"]
     spec_file.write_text(json.dumps(spec))
-    with pytest.raises(BackendError, match=r"export version 1, this ki_vla_ros needs 2.*re-export"):
+    with pytest.raises(BackendError, match=r"export version 1, this ki_vla_ros needs 3.*re-export"):
         Policy.load(model_dir, backend="onnxruntime", num_steps=3)

@@ -32,27 +32,37 @@ def import_class(spec: str) -> Any:
     return obj
 
 
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")  # runtime/backends.py's, and "auto"
+CPU_ORDER = ("openvino", "onnxruntime", "torch")  # fastest first, for a named precision (docs/runtime.md)
 
 
 def resolve_backend(model_dir: str | Path, backend: str, precision: str = "auto",
                     policy_class: str = "") -> tuple[str, str]:
-    """The (backend, precision) that ``backend="auto"`` stands for; named backends pass through.
-    A custom policy class: torch (the backend it is written for). Precision "auto": the fastest path
-    checked for these weights on this kind of CPU (runtime/precision.py, `cpu_backend`: OpenVINO int8
-    where the folder records its check, else ONNX Runtime fp32). A named precision: ONNX Runtime.
+    """The (backend, precision) that ``backend="auto"`` stands for; named backends pass through
+    (a custom policy class takes any name it knows). With a custom policy class: torch (the backend
+    it is written for). With precision "auto": the fastest path checked for these weights on this
+    kind of CPU (runtime/precision.py, `cpu_backend`: OpenVINO int8, else ONNX Runtime fp32). With
+    fp32: ONNX Runtime. With another precision: the fastest CPU backend whose check of it passed for
+    these weights on this kind of machine; ValueError with the command that checks it if none did.
     On a GPU machine name `tensorrt` (or `torch`) instead: "auto" chooses among the CPU paths."""
-    if backend not in BACKENDS:
+    if backend not in BACKENDS and not policy_class:
         raise ValueError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if backend != "auto":
         return backend, precision
     if policy_class:
         return "torch", precision
-    if precision == "auto":
-        from ki_vla_ros.runtime.precision import cpu_backend
+    from ki_vla_ros.runtime.precision import cpu_backend, passed_here
 
+    if precision == "auto":
         return cpu_backend(model_dir)
-    return "onnxruntime", precision
+    if precision == "fp32":
+        return "onnxruntime", precision
+    for name in CPU_ORDER:
+        if passed_here(model_dir, name, precision):
+            return name, precision
+    raise ValueError(f"backend auto, precision {precision}: no CPU backend's {precision} check passed for the "
+                     f"weights of {model_dir} on this kind of machine; run `ki-vla export --model {model_dir} "
+                     f"--precision {precision}` (it checks every backend that runs it here) or name a backend")
 
 
 def load_policy(
@@ -60,7 +70,7 @@ def load_policy(
     threads: int = 0, precision: str = "auto",
 ) -> Any:
     """``backend`` "auto": `resolve_backend`'s choice, exported first where the folder has no ONNX
-    export of these weights yet (a one-time cost, ~20 s for `small`); a named ONNX Runtime or
+    export of these weights yet (a one-time cost, 5–20 s for `small`); a named ONNX Runtime or
     OpenVINO backend needs `ki-vla export` first and says so. ``num_steps`` 0: the model folder's
     num_flow_steps (passed on as None). ``threads`` > 0: intra-op threads of torch (and of ONNX
     Runtime for the project's runtime); 0 keeps the libraries' defaults (one per core).
@@ -68,10 +78,8 @@ def load_policy(
     only when it is not "auto" (an error naming the class when its load() has no such argument)."""
     asked = backend
     backend, precision = resolve_backend(model_dir, backend, precision, policy_class)
-    if asked == "auto" and backend in ("onnxruntime", "openvino"):
-        from ki_vla_ros.export.cli import ensure_export
-
-        ensure_export(model_dir, num_steps or None, precision, backend)
+    if asked == "auto" and not policy_class:
+        export_for(model_dir, backend, precision, num_steps)
     if threads > 0:
         try:
             import torch
@@ -98,6 +106,17 @@ def load_policy(
                              f"precision {precision!r} cannot be honoured; leave precision 'auto'")
         kwargs["precision"] = precision
     return cls.load(str(model_dir), backend=backend, num_steps=num_steps or None, **kwargs)
+
+
+def export_for(model_dir: str | Path, backend: str, precision: str, num_steps: int = 0) -> bool:
+    """Make the ONNX files ONNX Runtime or OpenVINO needs to run the folder's weights at `precision`
+    unless they are there (export/cli.py: `ensure_export`; nothing for other backends). True when it
+    exported."""
+    if backend not in ("onnxruntime", "openvino"):
+        return False
+    from ki_vla_ros.export.cli import ensure_export
+
+    return ensure_export(model_dir, num_steps or None, precision, backend)
 
 
 def _takes(fn: Any, name: str) -> bool:

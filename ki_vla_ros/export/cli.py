@@ -44,8 +44,8 @@ def export_model_dir(model_dir: str | Path, num_steps: int | None = None,
 def ensure_export(model_dir: str | Path, num_steps: int | None = None, precision: str = "fp32",
                   backend: str = "onnxruntime") -> bool:
     """Export the folder's ONNX files for ONNX Runtime or OpenVINO unless an export of these weights,
-    flow steps and precision is there already (a one-time cost: ~20 s for `small` on 2 cores). True
-    when it exported."""
+    flow steps and precision is there already (a one-time cost: 5–20 s for `small` on 2 cores). True
+    when it exported; BackendError naming the folder when it cannot be written."""
     from ki_vla_ros.runtime.backends import OnnxRuntimeBackend, OpenVinoBackend, check_export
     from ki_vla_ros.runtime.model_dir import WEIGHTS, file_sha256, load_manifest
     from ki_vla_ros.runtime.precision import resolve_precision
@@ -62,8 +62,13 @@ def ensure_export(model_dir: str | Path, num_steps: int | None = None, precision
         check_export(path / "onnx", file_sha256(path / WEIGHTS), steps, precision)
         return False
     except BackendError:
+        pass
+    try:
         export_model_dir(path, steps, precisions=tuple(dict.fromkeys(("fp32", precision))))
-        return True
+    except OSError as exc:  # e.g. a model folder installed read-only
+        raise BackendError(f"{path}: cannot write its ONNX export ({exc}); run `ki-vla export --model DIR` "
+                           f"on a writable copy, or use backend torch") from None
+    return True
 
 
 def check_precisions(model_dir: Path, precisions: tuple[str, ...], num_steps: int) -> dict:

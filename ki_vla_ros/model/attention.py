@@ -33,7 +33,7 @@ def rope_tables(positions: torch.Tensor, hd: int, base: float) -> tuple[torch.Te
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding, rotate-halves: (x1, x2) -> (x1·cos − x2·sin, x2·cos + x1·sin), computed as
     x·cos + roll(x)·sin with `rope_tables`' signed tables (the same products and sums, fewer ops).
-    An export writes it as x·cos + (−x2, x1)·|sin| instead — the same numbers (negation is exact),
+    An export writes it as x·cos + (−x2, x1)·(sin, sin) instead — the same numbers (negation is exact),
     in the form OpenVINO's RoPE fusion recognises: one fused node per rotation instead of a split,
     a concatenation and the products (docs/runtime.md, "RoPE as one node"; eager torch keeps the
     roll, 1.0–1.5 ms cheaper forward + backward per call at training sizes).
@@ -41,7 +41,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     xf = x.float()
     half = x.shape[-1] // 2
     if torch.onnx.is_in_onnx_export():
-        sin = torch.cat([sin[..., half:], sin[..., half:]], dim=-1)  # |sin|: the signed table's second half
+        sin = torch.cat([sin[..., half:], sin[..., half:]], dim=-1)  # (sin, sin): the signed table's 2nd half twice
         return (xf * cos + torch.cat([-xf[..., half:], xf[..., :half]], dim=-1) * sin).to(x.dtype)
     return (xf * cos + torch.roll(xf, half, dims=-1) * sin).to(x.dtype)
 

@@ -583,14 +583,12 @@ def model_image_size(model_dir: Path) -> int:
 def _rig(opts, out: Path, record_video: bool) -> SimRig:
     model = resolve_model(opts.model)
     size = opts.image_size or model_image_size(model)
-    from ki_vla_ros.control.policy_loader import resolve_backend
+    from ki_vla_ros.control.policy_loader import export_for, resolve_backend
 
     backend, precision = resolve_backend(model, opts.backend, opts.precision, opts.policy_class)
     if backend in ("onnxruntime", "openvino") and not opts.policy_class:
-        from ki_vla_ros.export.cli import ensure_export
-
-        print(f"checking the ONNX export of {model} (made once per weights; ~20 s for `small`) ...", flush=True)
-        if ensure_export(model, opts.num_steps, precision, backend):
+        print(f"checking the ONNX export of {model} (made once per weights, in seconds) ...", flush=True)
+        if export_for(model, backend, precision, opts.num_steps):
             print(f"exported {model / 'onnx'}", flush=True)
     return SimRig(model, backend=backend, log_dir=out / "logs",
                   image_size=size, camera_every=opts.camera_every, render_quality=opts.render_quality,

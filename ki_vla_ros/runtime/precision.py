@@ -60,23 +60,46 @@ def checked(record: dict, weights_sha256: str) -> dict[str, dict]:
     return record.get("checks", {}) if record.get("weights_sha256") == weights_sha256 else {}
 
 
+# The CPU extensions that decide which int8 / bf16 kernels OpenVINO and ONNX Runtime run (VNNI or
+# AMX for int8 products, AVX512-BF16 or AMX for bf16): a check holds for machines that share them.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
 def machine() -> str:
-    """The machine kind a check records and `cpu_backend` compares (e.g. x86_64, arm)."""
-    return platform.processor() or platform.machine()
+    """The machine kind a check records and `cpu_backend` compares: the architecture and, where
+    /proc/cpuinfo lists them, the `ISA_FLAGS` it has (e.g. "x86_64 avx2 avx512_bf16 avx512_vnni
+    avx512f")."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.partition(":")[2].split())
+                    break
+    except OSError:
+        pass
+    return " ".join([platform.machine() or platform.processor(), *sorted(flags.intersection(ISA_FLAGS))])
+
+
+def passed_here(model_dir: str | Path, backend: str, precision: str) -> bool:
+    """Whether the folder records that `precision` on `backend` passed its check for its weights on
+    this kind of machine (`machine()`)."""
+    from ki_vla_ros.runtime.model_dir import WEIGHTS, file_sha256
+
+    path = Path(model_dir)
+    record = load_record(path)
+    if f"{backend}/{precision}" not in record.get("checks", {}):  # nothing to hash the weights for
+        return False
+    entry = checked(record, file_sha256(path / WEIGHTS)).get(f"{backend}/{precision}")
+    return bool(entry and entry.get("ok") and entry.get("machine") == machine())
 
 
 def cpu_backend(model_dir: str | Path) -> tuple[str, str]:
     """The (backend, precision) a CPU machine runs the flow policy of `model_dir` on when nothing is
-    asked for (the demo's and `ki-vla eval`'s `--backend auto`): OpenVINO int8 once the folder records
-    that it passed its check for these weights on this kind of machine (about half ONNX Runtime
-    fp32's time per chunk, and the same closed-loop success on the bundled model:
+    asked for (`backend: auto` with precision auto): OpenVINO int8 where it `passed_here` (about half
+    ONNX Runtime fp32's time per chunk, and the same closed-loop success on the bundled model:
     models/aloha_pick4/README.md), else ONNX Runtime fp32."""
-    from ki_vla_ros.runtime.model_dir import WEIGHTS, file_sha256
-
-    path = Path(model_dir)
-    entry = checked(load_record(path), file_sha256(path / WEIGHTS)).get("openvino/int8")
-    ok = entry is not None and entry.get("ok") and entry.get("machine") == machine()
-    return ("openvino", "int8") if ok else ("onnxruntime", "fp32")
+    return ("openvino", "int8") if passed_here(model_dir, "openvino", "int8") else ("onnxruntime", "fp32")
 
 
 def require_checked(model_dir: Path, weights_sha256: str, backend: str, precision: str) -> None:
