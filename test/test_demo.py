@@ -78,8 +78,8 @@ def test_backend_auto_is_checked_openvino_int8_or_onnxruntime_and_torch_for_a_po
     rig = _rig(ap.parse_args(["--model", str(model)]), tmp_path, False)  # no precision checked
     assert (rig.backend, rig.precision) == ("onnxruntime", "fp32")
     assert (model / "onnx" / "export.json").is_file()
-    # once OpenVINO int8 has passed its check on this folder, auto runs it; an explicit precision
-    # keeps ONNX Runtime
+    # once OpenVINO int8 has passed its check on this folder, auto runs it; an explicit fp32 runs
+    # ONNX Runtime
     from ki_vla_ros.export.cli import export_model_dir
 
     assert export_model_dir(model, precisions=("fp32", "int8"))["checks"]["openvino/int8"]["ok"]

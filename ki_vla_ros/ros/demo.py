@@ -542,8 +542,9 @@ def _common_args(ap: argparse.ArgumentParser) -> None:
                     help="model folder (default: the model of config/embodiments/aloha_bimanual.yaml)")
     ap.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
                     help="the policy node's backend [auto: openvino int8 where the model folder records it as "
-                         "checked against fp32, else onnxruntime fp32 (the ONNX export is made on first use); "
-                         "onnxruntime with an explicit --precision; torch with --policy-class]")
+                         "checked against fp32 on this kind of machine, else onnxruntime fp32 (the ONNX export is "
+                         "made on first use); with --precision fp32 onnxruntime, with bf16 / int8 the fastest "
+                         "backend whose check of it passed here; torch with --policy-class]")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
                     help="what the policy computes in (other than fp32: only once `ki-vla export --precision` "
                          "has checked it on this model folder) [auto: see --backend; fp32 on torch and onnxruntime]")
