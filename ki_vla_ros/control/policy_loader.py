@@ -57,8 +57,9 @@ def resolve_backend(model_dir: str | Path, backend: str, precision: str = "auto"
         return cpu_backend(model_dir)
     if precision == "fp32":
         return "onnxruntime", precision
+    passed = passed_here(model_dir)
     for name in CPU_ORDER:
-        if passed_here(model_dir, name, precision):
+        if f"{name}/{precision}" in passed:
             return name, precision
     raise ValueError(f"backend auto, precision {precision}: no CPU backend's {precision} check passed for the "
                      f"weights of {model_dir} on this kind of machine; run `ki-vla export --model {model_dir} "

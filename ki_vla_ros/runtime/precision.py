@@ -81,17 +81,18 @@ def machine() -> str:
     return " ".join([platform.machine() or platform.processor(), *sorted(flags.intersection(ISA_FLAGS))])
 
 
-def passed_here(model_dir: str | Path, backend: str, precision: str) -> bool:
-    """Whether the folder records that `precision` on `backend` passed its check for its weights on
-    this kind of machine (`machine()`)."""
+def passed_here(model_dir: str | Path) -> set[str]:
+    """The "backend/precision" checks the folder records as passed for its weights on this kind of
+    machine (`machine()`)."""
     from ki_vla_ros.runtime.model_dir import WEIGHTS, file_sha256
 
     path = Path(model_dir)
     record = load_record(path)
-    if f"{backend}/{precision}" not in record.get("checks", {}):  # nothing to hash the weights for
-        return False
-    entry = checked(record, file_sha256(path / WEIGHTS)).get(f"{backend}/{precision}")
-    return bool(entry and entry.get("ok") and entry.get("machine") == machine())
+    if not record.get("checks"):  # nothing to hash the weights for
+        return set()
+    here = machine()
+    return {name for name, entry in checked(record, file_sha256(path / WEIGHTS)).items()
+            if entry.get("ok") and entry.get("machine") == here}
 
 
 def cpu_backend(model_dir: str | Path) -> tuple[str, str]:
@@ -99,7 +100,7 @@ def cpu_backend(model_dir: str | Path) -> tuple[str, str]:
     asked for (`backend: auto` with precision auto): OpenVINO int8 where it `passed_here` (about half
     ONNX Runtime fp32's time per chunk, and the same closed-loop success on the bundled model:
     models/aloha_pick4/README.md), else ONNX Runtime fp32."""
-    return ("openvino", "int8") if passed_here(model_dir, "openvino", "int8") else ("onnxruntime", "fp32")
+    return ("openvino", "int8") if "openvino/int8" in passed_here(model_dir) else ("onnxruntime", "fp32")
 
 
 def require_checked(model_dir: Path, weights_sha256: str, backend: str, precision: str) -> None:
